@@ -1,0 +1,1 @@
+"""Data: sources (ImageNet, IN-22k, embedded default) -> shards -> loaders of views."""

@@ -1,0 +1,1 @@
+"""Shard formats: WebDataset tars (+ DALI index files), FFCV betons, and their manifest."""

@@ -1,0 +1,1 @@
+"""Command-line tools: convert, profile (and, with later issues, knn, linear_probe, export, show)."""
