@@ -87,7 +87,7 @@ def open_source(src: str, kind: str = "auto", val_labels: str | None = None,
         if not val_labels:
             raise SourceError(f"SRC {src} holds images but no class folders: for ImageNet "
                               f"validation pass --val-labels LOC_val_solution.csv (or the devkit list)")
-        source = _val(root, read_val_labels(val_labels, val_synsets), classes_file)
+        source = _val(root, read_val_labels(val_labels, val_synsets, classes_file), classes_file)
     elif kind == "tars":
         source = _tars(root, classes_file)
     elif kind == "folders":
@@ -177,7 +177,7 @@ def _tars(root: Path, classes_file: str | None) -> Source:
     label = {c: i for i, c in enumerate(classes)}
     skipped = [{"path": p.name, "reason": "not a per-synset .tar"}
                for p in sorted(root.iterdir()) if not p.name.endswith(".tar")]
-    items = []
+    items, notes = [], []
     for tar_path in tars:
         wnid, members = tar_path.name[:-4], []
         try:
@@ -186,13 +186,16 @@ def _tars(root: Path, classes_file: str | None) -> Source:
                     if member.isfile():
                         members.append(member)
         except (tarfile.TarError, OSError) as err:
-            skipped.append({"path": tar_path.name,
-                            "reason": f"tar unreadable after {len(members)} members "
-                                      f"(those are kept): {err}"})
+            end = members[-1].offset_data + members[-1].size if members else 0
+            if members and end >= tar_path.stat().st_size:  # cut inside its last member:
+                notes.append(f"{tar_path.name} is cut short ({err}); its last member is skipped")
+            else:  # members after the damage cannot even be listed
+                skipped.append({"path": f"{tar_path.name} (after member {len(members)})",
+                                "reason": f"tar unreadable from here on: {err}"})
         for m in members:
             items.append(Item(f"{tar_path.name}/{m.name}", label[wnid],
                               ("tar", str(tar_path.resolve()), m.offset_data, m.size)))
-    return Source("tars", str(root.resolve()), classes, items, skipped)
+    return Source("tars", str(root.resolve()), classes, items, skipped, notes)
 
 
 def _embedded(src: str) -> Source:

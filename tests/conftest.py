@@ -54,7 +54,7 @@ def _awkward_files(seed: int = 0) -> dict[str, tuple[bytes, str]]:
     }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def images():
     """Factories for test images."""
     return SimpleNamespace(photo=_photo, encode=_encode, awkward=_awkward_files)

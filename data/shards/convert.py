@@ -218,6 +218,8 @@ def _run(todo: list[int], plan: Plan, classes: list[str], out: Path, state: Path
     tasks = [(s, [(x.key, x.item.path, x.item.label, x.item.ref) for x in plan.shards[s]],
               str(_shard_path(out, state, s, opts.format)), str(_record_path(state, s)),
               opts.format == "webdataset") for s in todo]
+    if tasks:
+        import webdataset  # noqa: F401  -- once here, so forked workers inherit it
     counter = mp.Value("q", 0)
     bar = tqdm(total=images, unit="img", disable=not progress, smoothing=0.05,
                desc=f"convert {opts.format}" + (f" job {opts.job_index}/{opts.num_jobs}" if opts.num_jobs > 1 else ""))

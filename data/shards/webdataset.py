@@ -12,7 +12,6 @@ import os
 import socket
 from pathlib import Path
 
-import webdataset as wds
 from wds2idx import IndexCreator
 
 TAR_MTIME = 0.0  # reproducible tar headers
@@ -33,6 +32,8 @@ class ShardWriter:
         self.tar_path = Path(tar_path)
         self.idx_path = self.tar_path.with_suffix(".idx") if index else None
         self.tmp_tar = self.tar_path.with_name(self.tar_path.name + tmp_suffix())
+        import webdataset as wds  # imports torch (~1 s): only where shards are written
+
         self._stream = open(self.tmp_tar, "wb")
         self._writer = wds.TarWriter(self._stream, mtime=TAR_MTIME, user="hide", group="hide",
                                      mode=0o444)
@@ -60,6 +61,13 @@ class ShardWriter:
         return True
 
     def abort(self) -> None:
-        if not self._stream.closed:
+        """Drop the unfinished shard. The tar stream is closed before its file, or tarfile
+        would flush into a closed file when it is garbage-collected."""
+        try:
+            if not self._stream.closed:
+                self._writer.close()
+        except (OSError, ValueError):
+            pass
+        finally:
             self._stream.close()
-        self.tmp_tar.unlink(missing_ok=True)
+            self.tmp_tar.unlink(missing_ok=True)
