@@ -23,6 +23,7 @@ A100/H100 only take baseline streams, so a progressive file would fall back to a
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ MAX_PIXELS = 400_000_000  # larger images are skipped (each would need > 1 GB pe
 _SOF_SEQUENTIAL_HUFFMAN = (0xC0, 0xC1)  # baseline, extended sequential (8-bit here)
 _SOF_OTHER = {0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _RGB_COMPONENT_IDS = (82, 71, 66)  # 'R', 'G', 'B': an RGB-coded (not YCbCr) JPEG
+_STRAY_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7]")  # in entropy-coded data: a cut or corrupt scan
 
 
 def configure_pillow() -> None:
@@ -100,11 +102,9 @@ def inspect_baseline_jpeg(buf: bytes) -> tuple[int, int] | None:
 
 
 def _entropy_data_clean(buf: bytes, start: int, stop: int) -> bool:
-    """In [start, stop), every 0xFF is a stuffed byte (FF 00) or a restart marker (FF D0-D7)."""
-    arr = np.frombuffer(buf, dtype=np.uint8)
-    ff = np.flatnonzero(arr[start:stop] == 0xFF) + start
-    nxt = arr[ff + 1]  # ff + 1 <= stop, which is the EOI's 0xFF at worst: invalid, as it should be
-    return bool(np.all((nxt == 0x00) | ((nxt >= 0xD0) & (nxt <= 0xD7))))
+    """In [start, stop), every 0xFF is a stuffed byte (FF 00) or a restart marker (FF D0-D7).
+    An 0xFF at stop - 1 pairs with the EOI's 0xFF at stop: invalid, as it should be."""
+    return _STRAY_MARKER.search(buf, start, stop + 1) is None
 
 
 def fit_within(size: tuple[int, int], max_side: int) -> tuple[int, int]:

@@ -2,7 +2,10 @@
 
 Resumable: each finished shard leaves a record in ``OUT/.hide-convert/``, written after
 the shard itself was renamed into place; a re-run with the same arguments skips shards
-that have a record and writes the rest. The manifest is written by whichever run finds
+that have a record and writes the rest. Shards are not fsynced (a killed process loses
+nothing that reached the page cache, and flushing every shard cost 13 % of a pass-through
+conversion); after a machine crash a shard may be torn, so a record also holds the byte
+sizes of its files and a shard whose files differ from them is written again. The manifest is written by whichever run finds
 every shard's record present (the last job of a split conversion, or any re-run), after
 which the state folder is removed. For FFCV the shards are part tars inside the state
 folder and finishing streams them into ``data.beton``.
@@ -146,9 +149,11 @@ def _shard_done(out: Path, state: Path, s: int, fmt: str) -> bool:
     if record is None:
         return False
     tar = _shard_path(out, state, s, fmt)
-    if record["num_samples"] and not (tar.is_file() and (fmt != "webdataset" or tar.with_suffix(".idx").is_file())):
-        _record_path(state, s).unlink()  # its shard was deleted since: write it again
-        return False
+    files = {tar.name: tar, tar.with_suffix(".idx").name: tar.with_suffix(".idx")}
+    for name, size in record.get("sizes", {}).items():
+        if not files[name].is_file() or files[name].stat().st_size != size:
+            _record_path(state, s).unlink()  # deleted or torn since: write it again
+            return False
     return True
 
 
@@ -182,7 +187,7 @@ def _write_shard(task: tuple) -> dict:
     s, samples, tar_path, record_path, with_index = task
     opts, classes, counter = _WORKER["opts"], _WORKER["classes"], _WORKER["counter"]
     writer = ShardWriter(Path(tar_path), index=with_index)
-    skipped, stats, modes = [], Counter(), Counter()
+    skipped, stats, modes, ticks = [], Counter(), Counter(), 0
     try:
         for key, path, label, ref in samples:
             try:
@@ -200,13 +205,20 @@ def _write_shard(task: tuple) -> dict:
                 stats["resized"] += p.resized
                 if p.source_mode != "RGB":
                     modes[p.source_mode] += 1
-            with counter.get_lock():
-                counter.value += 1
+            ticks += 1
+            if ticks == 16:  # the shared counter feeds the progress bar; its lock is not free
+                with counter.get_lock():
+                    counter.value += ticks
+                ticks = 0
+        with counter.get_lock():
+            counter.value += ticks
         published = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    files = [writer.tar_path, writer.idx_path] if published else []
     record = {"index": s, "file": Path(tar_path).name if published else None,
+              "sizes": {p.name: p.stat().st_size for p in files if p is not None},
               "num_samples": writer.num_samples, "num_read": len(samples), "skipped": skipped,
               "stats": dict(stats), "source_modes": dict(modes)}
     write_json_atomic(Path(record_path), record)
@@ -234,7 +246,7 @@ def _run(todo: list[int], plan: Plan, classes: list[str], out: Path, state: Path
                          initargs=(classes, opts.__dict__, counter)) as pool:
                 pending = [pool.apply_async(_write_shard, (t,)) for t in tasks]
                 while pending:
-                    time.sleep(0.1)
+                    pending[0].wait(0.1)  # returns as soon as the oldest shard is done
                     bar.update(counter.value - bar.n)
                     for r in [r for r in pending if r.ready()]:
                         r.get()  # a worker's unexpected error surfaces here
@@ -281,7 +293,7 @@ def _finalize(out: Path, state: Path, source: Source, opts: ConvertOptions, plan
             "num_read": totals["num_read"], "classes": list(source.classes), "shards": shards,
             "skipped": totals["skipped"], "options": opts.identity(), "source": source.describe(),
             "plan": plan.fingerprint, "stats": totals["stats"]}
-        write_json_atomic(out / MANIFEST, manifest)
+        write_json_atomic(out / MANIFEST, manifest, durable=True)
     shutil.rmtree(state, ignore_errors=True)
     return manifest
 

@@ -19,14 +19,16 @@ class ManifestError(Exception):
     """A shard folder has no usable manifest; the message says what to do."""
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON so that `path` is either absent, the old content, or the complete new one."""
+def write_json_atomic(path: Path, obj, durable: bool = False) -> None:
+    """Write JSON so that `path` is either absent, the old content, or the complete new one
+    (to other processes; `durable` also fsyncs it, for what must survive a machine crash)."""
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from data.shards.webdataset import MAX_KEY_LEN
 from data.sources import Item, Source
 
 FORMATS = ("webdataset", "ffcv")
@@ -88,12 +89,15 @@ def unique_keys(paths: list[str]) -> list[str]:
 
     Keys keep the source recognisable (``n01440764_n01440764_10026``). Two paths that
     sanitise alike get ``_2``, ``_3``, ... in input order, so keys stay unique and stable.
+    A key longer than MAX_KEY_LEN keeps its start and gets a hash of the whole path.
     """
     used: set[str] = set()
     keys = []
     for path in paths:
         stem = path.rsplit(".", 1)[0] if "." in path.rsplit("/", 1)[-1] else path
         base = re.sub(r"[^A-Za-z0-9_-]+", "_", stem.replace(".tar/", "/")).strip("_") or "sample"
+        if len(base) > MAX_KEY_LEN - 12:  # room for the hash and a _N suffix
+            base = f"{base[:MAX_KEY_LEN - 24]}_{hashlib.sha1(path.encode()).hexdigest()[:10]}"
         key, n = base, 1
         while key in used:
             n += 1

@@ -202,3 +202,25 @@ def test_unlistable_tar_remainder_is_counted_as_skipped(synset_tars, tmp_path):
     assert manifest["skipped"][0]["path"] == "n10000003.tar/n10000003_4.JPEG"
     assert "cut short" in manifest["skipped"][0]["reason"]
     assert Counter(int(s["cls"]) for s in wds_samples(out)) == {0: 5, 1: 5, 2: 4}
+
+
+def test_keys_are_unique_dotless_and_fit_a_ustar_name():
+    from data.shards.plan import unique_keys
+    from data.shards.webdataset import MAX_KEY_LEN
+
+    paths = ["a/b.JPEG", "a_b.png", "a/b_2.JPEG", "x.tar/y.z.JPEG", "deep/" * 40 + "f.JPEG", "deep/" * 40 + "g.JPEG"]
+    keys = unique_keys(paths)
+    assert keys[:4] == ["a_b", "a_b_2", "a_b_2_2", "x_y_z"]
+    assert len(set(keys)) == len(keys) and all("." not in k and len(k) <= MAX_KEY_LEN for k in keys)
+    assert keys[4] != keys[5] and keys == unique_keys(paths)
+
+
+def test_a_torn_shard_is_written_again(class_tree, tmp_path):
+    """After a machine crash a renamed shard may hold fewer bytes than its record says."""
+    reference, out = tmp_path / "ref", tmp_path / "out"
+    run(class_tree.root, reference)
+    run(class_tree.root, out, job_index=0, num_jobs=2)
+    torn = out / "shard-000000.tar"
+    torn.write_bytes(torn.read_bytes()[:700])
+    run(class_tree.root, out)
+    assert folder_bytes(out) == folder_bytes(reference)
