@@ -1,0 +1,20 @@
+"""The product's layout: packages import from the repository root without PYTHONPATH."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packages_import_from_the_root_without_pythonpath():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", "import data, model, train, tools; print(train.__file__)"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()) == ROOT / "train" / "__init__.py"  # the package, not train.py
+
+
+def test_train_entry_point_says_what_is_not_built_yet():
+    proc = subprocess.run([sys.executable, "train.py"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "not built yet" in proc.stderr and "Traceback" not in proc.stderr
