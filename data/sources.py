@@ -141,6 +141,8 @@ def _folders(root: Path, classes_file: str | None) -> Source:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.is_file():
             skipped.append({"path": entry.name, "reason": "not inside a class folder"})
+        elif entry.is_dir() and entry.name.startswith("."):
+            skipped.append({"path": entry.name + "/", "reason": "hidden folder, not a class"})
     for name in dirs:
         for path in _walk_files(root / name):
             rel = path.relative_to(root).as_posix()
@@ -150,8 +152,11 @@ def _folders(root: Path, classes_file: str | None) -> Source:
 
 def _val(root: Path, labels: ValLabels, classes_file: str | None) -> Source:
     own = {Path(f).resolve() for f in labels.files}  # a labels file kept beside the images
-    files = {e.name: Path(e.path) for e in os.scandir(root)
-             if e.is_file() and Path(e.path).resolve() not in own}
+    entries = sorted((e for e in os.scandir(root) if e.is_file() and Path(e.path).resolve() not in own),
+                     key=lambda e: e.name)
+    hidden = [{"path": e.name, "reason": "hidden file (e.g. .DS_Store), not an image"}
+              for e in entries if e.name.startswith(".")]
+    files = {e.name: Path(e.path) for e in entries if not e.name.startswith(".")}
     by_stem = {p.stem: p for p in files.values()}
     matched, missing = {}, []
     for name in files:
@@ -168,7 +173,7 @@ def _val(root: Path, labels: ValLabels, classes_file: str | None) -> Source:
     items = [Item(name, label[matched[name]], ("file", str(files[name].resolve())))
              for name in sorted(files)]
     notes = [f"{len(unused)} entries of {labels.path} name images that are not in SRC"] if unused else []
-    return Source("val", str(root.resolve()), classes, items, notes=notes)
+    return Source("val", str(root.resolve()), classes, items, hidden, notes)
 
 
 def _tars(root: Path, classes_file: str | None) -> Source:
@@ -199,7 +204,7 @@ def _tars(root: Path, classes_file: str | None) -> Source:
 
 
 def _embedded(src: str) -> Source:
-    split = src[len(EMBEDDED_PREFIX):] if src.startswith(EMBEDDED_PREFIX) else "train"
+    split = src[len(EMBEDDED_PREFIX):] if src.startswith(EMBEDDED_PREFIX) else None
     if split not in embedded.SPLITS:
         raise SourceError(f"unknown embedded split {src!r}; use embedded:train or embedded:val")
     items = [Item(f"{EMBEDDED_PREFIX}{split}/{i}", embedded.label_of(split, i), ("embedded", split, i))

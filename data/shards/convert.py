@@ -97,7 +97,7 @@ def convert(source: Source, out: str | Path, opts: ConvertOptions, progress: boo
 def _claim_out(out: Path, identity: dict) -> dict | None:
     """Check that OUT is ours to write. Returns the manifest if this conversion is complete."""
     try:
-        (out / STATE).parent.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

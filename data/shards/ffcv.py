@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,9 @@ def write_beton(parts: list[Path], out_path: Path, workers: int) -> int:
     tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
     writer = DatasetWriter(str(tmp), {"image": image, "label": IntField()},
                            num_workers=max(1, workers))
-    writer.from_webdataset([str(p) for p in parts], _pipeline)
+    with warnings.catch_warnings():  # FFCV opens each part with WebDataset's defaults, which warn
+        warnings.filterwarnings("ignore", message=".*shardshuffle.*")  # (inherited by its workers)
+        writer.from_webdataset([str(p) for p in parts], _pipeline)
     num_samples = int(writer.num_samples)
     os.replace(tmp, out_path)
     return num_samples

@@ -32,8 +32,12 @@ def test_class_folders_label_by_sorted_name_and_list_stray_files(class_tree):
     by_path = {it.path: it.label for it in src.items}
     for path, (label, _) in class_tree.expected.items():
         assert by_path[path] == label
+    (class_tree.root / ".git").mkdir()
     assert by_path["n00000003/extra/deep.JPEG"] == 2
-    assert src.skipped == [{"path": "README.txt", "reason": "not inside a class folder"}]
+    src = open_source(str(class_tree.root))
+    assert src.classes == class_tree.classes
+    assert src.skipped == [{"path": ".git/", "reason": "hidden folder, not a class"},
+                           {"path": "README.txt", "reason": "not inside a class folder"}]
 
 
 def test_loc_val_solution_csv(tmp_path, val_folder):
@@ -84,11 +88,14 @@ def test_labels_that_do_not_match_the_images_are_an_error(tmp_path, val_folder):
         open_source(str(val_folder), val_labels=str(csv))
 
 
-def test_labels_file_inside_src_is_not_an_input(val_folder):
+def test_labels_file_inside_src_is_not_an_input_and_hidden_files_are_listed(val_folder):
     csv = val_folder / "LOC_val_solution.csv"
     csv.write_text("ImageId,PredictionString\n" + "".join(
         f"{n},{w} 1 2 3 4\n" for n, w in zip(VAL_NAMES, VAL_WNIDS)))
-    assert len(open_source(str(val_folder), val_labels=str(csv)).items) == len(VAL_NAMES)
+    (val_folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    src = open_source(str(val_folder), val_labels=str(csv))
+    assert len(src.items) == len(VAL_NAMES)
+    assert [s["path"] for s in src.skipped] == [".DS_Store"]
 
 
 def test_synset_tars_are_read_in_place(synset_tars):
