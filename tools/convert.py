@@ -92,6 +92,9 @@ def main(argv=None) -> int:
     except (ConvertInterrupted, KeyboardInterrupt) as err:
         print(f"\n{err or 'interrupted: run the same command again to resume'}", file=sys.stderr)
         return 130
+    finally:  # the work is over (done or not): a late Ctrl-C must not break interpreter shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     print(report(summary))
     return 0
 

@@ -227,30 +227,35 @@ def _write_shard(task: tuple) -> dict:
 
 def _run(todo: list[int], plan: Plan, classes: list[str], out: Path, state: Path,
          opts: ConvertOptions, images: int, progress: bool) -> None:
-    tasks = [(s, [(x.key, x.item.path, x.item.label, x.item.ref) for x in plan.shards[s]],
-              str(_shard_path(out, state, s, opts.format)), str(_record_path(state, s)),
-              opts.format == "webdataset") for s in todo]
-    if tasks:
+    def task(s: int) -> tuple:
+        return (s, [(x.key, x.item.path, x.item.label, x.item.ref) for x in plan.shards[s]],
+                str(_shard_path(out, state, s, opts.format)), str(_record_path(state, s)),
+                opts.format == "webdataset")
+
+    if todo:
         import webdataset  # noqa: F401  -- once here, so forked workers inherit it
     counter = mp.Value("q", 0)
     bar = tqdm(total=images, unit="img", disable=not progress, smoothing=0.05,
                desc=f"convert {opts.format}" + (f" job {opts.job_index}/{opts.num_jobs}" if opts.num_jobs > 1 else ""))
     try:
-        if opts.workers == 1 or len(tasks) <= 1:
+        if opts.workers == 1 or len(todo) <= 1:
             _setup_worker(classes, opts.__dict__, counter)
-            for task in tasks:
-                _write_shard(task)
+            for s in todo:
+                _write_shard(task(s))
                 bar.update(counter.value - bar.n)
         else:
-            with mp.Pool(min(opts.workers, len(tasks)), initializer=_pool_init,
+            with mp.Pool(min(opts.workers, len(todo)), initializer=_pool_init,
                          initargs=(classes, opts.__dict__, counter)) as pool:
-                pending = [pool.apply_async(_write_shard, (t,)) for t in tasks]
-                while pending:
-                    pending[0].wait(0.1)  # returns as soon as the oldest shard is done
+                # tasks are built as the pool takes them: no second copy of a 14 M-image plan
+                results = pool.imap_unordered(_write_shard, (task(s) for s in todo))
+                for _ in range(len(todo)):
+                    while True:
+                        try:
+                            results.next(timeout=0.1)  # a worker's unexpected error surfaces here
+                            break
+                        except mp.TimeoutError:
+                            bar.update(counter.value - bar.n)
                     bar.update(counter.value - bar.n)
-                    for r in [r for r in pending if r.ready()]:
-                        r.get()  # a worker's unexpected error surfaces here
-                        pending.remove(r)
         bar.update(counter.value - bar.n)
     except KeyboardInterrupt:
         raise ConvertInterrupted(f"interrupted after {counter.value} of {images} images; "
