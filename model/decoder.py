@@ -1,0 +1,62 @@
+"""MAE-style decoder: visible encoder tokens + mask tokens at the hidden positions ->
+a prediction per patch: pixels (MAE, LC-MAE) or a feature vector (SdAE).
+
+Shapes: encoder tokens ``[B, prefix + n_vis, D]`` with ``keep_idx [B, n_vis]`` -> the
+decoder sees ``[B, prefix + N, Dd]`` (fixed 2-D sin-cos positions) -> ``[B, N, out_dim]``.
+For ViT-B: Dd = 512, 8 blocks, 16 heads (RECIPES.md).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.layers import build_sincos2d_pos_embed
+from timm.models.vision_transformer import Block
+
+
+class MAEDecoder(nn.Module):
+    def __init__(self, embed_dim: int, out_dim: int, grid: tuple[int, int], decoder_dim: int = 512,
+                 depth: int = 8, num_heads: int = 16, mlp_ratio: float = 4.0, prefix: int = 1):
+        super().__init__()
+        self.grid, self.prefix = tuple(grid), prefix
+        self.embed = nn.Linear(embed_dim, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        pos = build_sincos2d_pos_embed(list(grid), dim=decoder_dim).reshape(1, grid[0] * grid[1], decoder_dim)
+        self.register_buffer("pos_embed", pos, persistent=False)  # fixed, rebuilt from the grid
+        self.blocks = nn.Sequential(*[Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True)
+                                      for _ in range(depth)])
+        self.norm = nn.LayerNorm(decoder_dim)
+        self.pred = nn.Linear(decoder_dim, out_dim)
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def forward(self, tokens: torch.Tensor, keep_idx: torch.Tensor) -> torch.Tensor:
+        """tokens [B, prefix + n_vis, D], keep_idx [B, n_vis] -> predictions [B, N, out_dim]."""
+        x = self.embed(tokens)
+        b, n = x.shape[0], self.pos_embed.shape[1]
+        full = self.mask_token.to(x.dtype).expand(b, n, -1).clone()        # [B, N, Dd]
+        full = full.scatter(1, keep_idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x[:, self.prefix:])
+        full = full + self.pos_embed.to(x.dtype)
+        x = torch.cat([x[:, :self.prefix], full], dim=1)
+        x = self.norm(self.blocks(x))
+        return self.pred(x[:, self.prefix:])
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, N, patch*patch*C], row-major patches, pixels (p, q, c) within each."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // patch, patch, w // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, grid: tuple[int, int], channels: int = 3) -> torch.Tensor:
+    """Inverse of ``patchify``."""
+    b = patches.shape[0]
+    x = patches.reshape(b, grid[0], grid[1], patch, patch, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, channels, grid[0] * patch, grid[1] * patch)
+
+
+def normalize_patches(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """MAE's norm_pix_loss target: each patch (or token feature) to zero mean, unit variance
+    over its last dimension. Also SdAE's per-token normalisation of teacher features."""
+    mean = patches.mean(dim=-1, keepdim=True)
+    var = patches.var(dim=-1, keepdim=True, unbiased=False)
+    return (patches - mean) / (var + eps).sqrt()
