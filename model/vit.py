@@ -116,11 +116,12 @@ def cls_attention(attn, qkv: torch.Tensor) -> torch.Tensor:
     qkv [B, T, 3 * H * hd] -> [B, T - 1]. Computed in fp32 whatever the autocast dtype.
     """
     b, t, _ = qkv.shape
-    q, k, _ = qkv.float().reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q_cls = attn.q_norm(q[:, :, :1]).float()                       # [B, H, 1, hd]
-    k = attn.k_norm(k).float()                                     # [B, H, T, hd]
-    logits = (q_cls * attn.scale) @ k.transpose(-2, -1)            # [B, H, 1, T]
-    return logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)         # [B, N]
+    with torch.autocast(qkv.device.type, enabled=False):  # a [B, H, 1, T] product: fp32 costs nothing
+        q, k, _ = qkv.float().reshape(b, t, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q_cls = attn.q_norm(q[:, :, :1]).float()                   # [B, H, 1, hd]
+        k = attn.k_norm(k).float()                                 # [B, H, T, hd]
+        logits = (q_cls * attn.scale) @ k.transpose(-2, -1)        # [B, H, 1, T]
+        return logits.softmax(dim=-1)[:, :, 0, 1:].mean(dim=1)     # [B, N]
 
 
 def forward_masked(vit: VisionTransformer, images: torch.Tensor, mask: torch.Tensor,
