@@ -13,8 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python tools/convert.py` from anywhere: find the project
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: the project root replaces tools/ on the path,
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # or tools/profile.py shadows stdlib profile
 
 from data.labels import LabelsError  # noqa: E402
 from data.shards.convert import ConvertInterrupted, Summary, convert  # noqa: E402

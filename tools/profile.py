@@ -2,9 +2,12 @@
 the same run.
 
     python tools/profile.py convert [--images N] [--workers W] [--repeats R]
+    python tools/profile.py model [--model NAME] [--batch B] [--masks K] [--device cuda]
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
-PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py). (Loader and model profiles come with
+PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
+model: the [CLS]-attention overhead of forward_full, and one batched B*K forward_visible
+against a loop of K forwards (see model/benchmark.py). (Loader and model profiles come with
 their issues.)
 """
 from __future__ import annotations
@@ -16,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-if __package__ in (None, ""):  # `python tools/profile.py` from anywhere: find the project
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __package__ in (None, ""):  # run as a script: the project root replaces tools/ on the path,
+    sys.path[0] = str(Path(__file__).resolve().parents[1])  # or tools/profile.py shadows stdlib profile
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -30,11 +33,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--shard-size", type=int, default=1000, help="samples per shard (the converter's default)")
     c.add_argument("--large-every", type=int, default=10, help="every Nth image of the mixed tree is 1024x768")
     c.add_argument("--workdir", help="where to generate the tree (default: a temporary folder)")
+    m = sub.add_parser("model", help="[CLS]-attention overhead, batched vs looped masked forwards")
+    m.add_argument("--model", default="vit_small_patch16_224", help="timm ViT name")
+    m.add_argument("--batch", type=int, default=16)
+    m.add_argument("--masks", type=int, default=5, help="K keep-sets per image")
+    m.add_argument("--mask-ratio", type=float, default=0.8)
+    m.add_argument("--repeats", type=int, default=10)
+    m.add_argument("--device", default="cuda" if _cuda() else "cpu")
     return p.parse_args(argv)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.what == "model":
+        return _model(args)
     if args.images < 10 or args.repeats < 1 or args.workers < 1 or args.large_every < 1:
         print("error: need --images >= 10, --repeats >= 1, --workers >= 1, --large-every >= 1",
               file=sys.stderr)
@@ -45,6 +63,31 @@ def main(argv=None) -> int:
         result = benchmark_convert(Path(work), args.images, args.workers, args.repeats, args.shard_size,
                                    args.large_every)
     result["cpus"] = os.cpu_count()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _model(args) -> int:
+    import torch
+
+    from model.benchmark import benchmark_model
+
+    if args.batch < 1 or args.masks < 1 or args.repeats < 1 or not 0 < args.mask_ratio < 1:
+        print("error: need --batch, --masks, --repeats >= 1 and 0 < --mask-ratio < 1", file=sys.stderr)
+        return 2
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("error: --device cuda but no CUDA device is visible; use --device cpu", file=sys.stderr)
+        return 2
+    if args.masks * int(196 * (1 - args.mask_ratio)) > 196:
+        print(f"error: {args.masks} disjoint masks keeping {1 - args.mask_ratio:.0%} do not fit in 196 tokens",
+              file=sys.stderr)
+        return 2
+    try:
+        result = benchmark_model(args.model, args.batch, args.masks, args.mask_ratio, args.repeats,
+                                 device=args.device)
+    except (RuntimeError, ValueError) as err:  # unknown model name, ...
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     return 0
 

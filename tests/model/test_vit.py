@@ -113,3 +113,16 @@ def test_gradients_reach_the_mask_token_and_the_backbone(images):
     assert token.grad is not None and token.grad.abs().sum() > 0
     assert torch.count_nonzero(vit.patch_embed.proj.weight.grad) == 0  # all masked: pixels leak nothing
     assert vit.cls_token.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fused SDPA kernels in bf16)")
+def test_cls_attention_on_cuda_bf16_matches_fp32(vit, images):
+    gpu = create_vit("vit_small_patch16_224", **TINY).cuda().eval()
+    gpu.load_state_dict(vit.state_dict())
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        tokens, attn = forward_full(gpu, images.cuda(), return_cls_attention=True)
+    _, expected = forward_full(vit, images, return_cls_attention=True)
+    assert attn.dtype == torch.float32
+    torch.testing.assert_close(attn.cpu(), expected, atol=2e-3, rtol=5e-2)  # bf16 activations upstream
+    torch.testing.assert_close(tokens.float().cpu(), forward_full(vit, images), atol=0.1, rtol=0.1)
