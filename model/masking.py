@@ -113,9 +113,7 @@ def block_mask(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (
     """BEiT / iBOT block-wise masks -> bool ``[B, h*w]`` (CPU; move it where it is needed).
 
     Per image: with probability ``prob_zero`` nothing is masked, else the target count is
-    int(U(ratio) * N). Blocks are added until the target is reached or a round of 10
-    attempts adds nothing; a block has area ~ U(min_patches, remaining), aspect ratio
-    log-uniform in (min_aspect, 1 / min_aspect), and may add only what is still allowed.
+    int(U(ratio) * N), laid out by ``block_layout``.
     """
     rng = rng if rng is not None else np.random.default_rng()
     h, w = grid
@@ -123,30 +121,43 @@ def block_mask(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (
     for i in range(batch):
         if rng.random() < prob_zero:
             continue
-        target = int(rng.uniform(*ratio) * h * w)
-        count = 0
-        while count < target:
-            added = _add_block(out[i], target - count, min_patches, min_aspect, rng)
-            if added == 0:
-                break
-            count += added
+        for top, left, bh, bw in block_layout(grid, int(rng.uniform(*ratio) * h * w), min_patches,
+                                              min_aspect, rng):
+            out[i, top:top + bh, left:left + bw] = True
     return torch.from_numpy(out.reshape(batch, h * w))
 
 
-def _add_block(mask: np.ndarray, allowed: int, min_patches: int, min_aspect: float,
-               rng: np.random.Generator) -> int:
-    """One round of up to 10 attempts at a new block; returns how many patches it masked."""
-    h, w = mask.shape
+def block_layout(grid: tuple[int, int], target: int, min_patches: int = 16, min_aspect: float = 0.3,
+                 rng: np.random.Generator | None = None) -> list[tuple[int, int, int, int]]:
+    """Blocks (top, left, height, width) masking at most ``target`` patches of a grid.
+
+    Blocks are added until the target is reached or a round of 10 attempts adds nothing.
+    An attempt draws an area ~ U(min_patches, remaining) and an aspect ratio log-uniform in
+    (min_aspect, 1 / min_aspect), rounds it to h x w, and is kept if the block fits, has at
+    least min(min_patches, remaining) patches, and adds new patches without passing the target.
+    """
+    rng = rng if rng is not None else np.random.default_rng()
+    h, w = grid
+    mask = np.zeros(grid, dtype=bool)
+    blocks, count = [], 0
     log_aspect = (math.log(min_aspect), -math.log(min_aspect))
-    for _ in range(10):
-        area = rng.uniform(min(min_patches, allowed), max(min_patches, allowed))
-        aspect = math.exp(rng.uniform(*log_aspect))
-        bh, bw = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
-        if bh < h and bw < w:
+    while count < target:
+        allowed, added = target - count, 0
+        for _ in range(10):
+            area = rng.uniform(min(min_patches, allowed), max(min_patches, allowed))
+            aspect = math.exp(rng.uniform(*log_aspect))
+            bh, bw = int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect)))
+            if not (bh < h and bw < w and bh * bw >= min(min_patches, allowed)):
+                continue
             top, left = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
             window = mask[top:top + bh, left:left + bw]
             new = bh * bw - int(window.sum())
             if 0 < new <= allowed:
                 window[...] = True
-                return new
-    return 0
+                blocks.append((top, left, bh, bw))
+                added = new
+                break
+        if added == 0:
+            break
+        count += added
+    return blocks

@@ -52,6 +52,10 @@ def num_prefix(vit: VisionTransformer) -> int:
 
 def embed_patches(vit: VisionTransformer, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
     """images [B, 3, H, W] -> patch embeddings [B, N, D] (no positions) and the grid (h, w)."""
+    p = vit.patch_embed.patch_size
+    if images.shape[-2] % p[0] or images.shape[-1] % p[1]:
+        raise ValueError(f"image size {tuple(images.shape[-2:])} is not a multiple of the patch size {tuple(p)}; "
+                         f"use crops of a multiple of {p[0]} px")
     x = vit.patch_embed(images)
     if x.ndim == 4:  # NHWC from a dynamic-size patch embed
         b, h, w, d = x.shape

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from model.masking import (attmask, block_mask, disjoint_keep_sets, folds, indices_to_mask,
-                           mask_to_indices, random_mask)
+from model.masking import (attmask, block_layout, block_mask, disjoint_keep_sets, folds,
+                           indices_to_mask, mask_to_indices, random_mask)
 
 
 def gen(seed):
@@ -99,6 +99,21 @@ def test_block_masks_are_blocks_within_their_budget():
     assert _with_masked_neighbour(random_mask(400, 196, target, gen(0))) < 0.85  # ... random ones do not
     again = block_mask(400, (14, 14), ratio=(0.3, 0.3), prob_zero=0.0, rng=np.random.default_rng(0))
     assert torch.equal(m, again)
+
+
+def test_block_areas_and_aspect_ratios_follow_the_recipe():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        target = int(rng.uniform(0.1, 0.5) * 196)
+        blocks = block_layout((14, 14), target, rng=rng)
+        mask = np.zeros((14, 14), dtype=bool)
+        for top, left, bh, bw in blocks:
+            remaining = target - int(mask.sum())
+            assert bh * bw >= min(16, remaining)                    # blocks of >= 16 patches
+            assert (bh + 0.5) / (bw - 0.5) >= 0.3 and (bh - 0.5) / (bw + 0.5) <= 1 / 0.3  # up to rounding
+            assert 0 <= top and top + bh <= 14 and 0 <= left and left + bw <= 14
+            mask[top:top + bh, left:left + bw] = True
+        assert mask.sum() <= target
 
 
 def _with_masked_neighbour(mask: torch.Tensor) -> float:

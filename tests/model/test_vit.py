@@ -101,9 +101,11 @@ def test_local_crops_use_bicubically_resampled_positions(vit):
     assert forward_masked(vit, small, torch.zeros(2, 4, dtype=torch.bool), torch.zeros(64)).shape == (2, 5, 64)
 
 
-def test_mask_of_the_wrong_shape_is_refused(vit, images):
+def test_mask_of_the_wrong_shape_or_size_off_the_patch_grid_is_refused(vit, images):
     with pytest.raises(ValueError, match="does not match"):
         forward_masked(vit, images, torch.zeros(3, 15, dtype=torch.bool), torch.zeros(64))
+    with pytest.raises(ValueError, match="not a multiple of the patch size"):
+        forward_full(vit, torch.randn(1, 3, 72, 100))
 
 
 def test_gradients_reach_the_mask_token_and_the_backbone(images):
