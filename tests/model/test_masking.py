@@ -132,3 +132,15 @@ def test_block_masks_per_image_zero_ratio():
     unmasked = (m.sum(1) == 0).float().mean().item()
     assert 0.45 < unmasked < 0.55
     assert not block_mask(10, (14, 14), prob_zero=1.0, rng=np.random.default_rng(2)).any()
+
+
+def test_attmask_and_folds_are_determined_by_their_generator():
+    attn = torch.rand(8, 196, generator=gen(11))
+    for mode in ("high", "low", "hint"):
+        a = attmask(attn, mode, generator=gen(12))
+        assert torch.equal(a, attmask(attn, mode, generator=gen(12)))
+        assert not all(torch.equal(a, attmask(attn, mode, generator=gen(s))) for s in range(13, 17))
+    k1, f1 = folds(4, 196, 49, 3, generator=gen(13))
+    k2, f2 = folds(4, 196, 49, 3, generator=gen(13))
+    assert torch.equal(k1, k2) and torch.equal(f1, f2)
+    assert not torch.equal(k1, folds(4, 196, 49, 3, generator=gen(14))[0])
