@@ -1,0 +1,73 @@
+"""Which samples a rank reads in an epoch, and in what order: a pure function of
+(shard sizes, seed, epoch, rank, world size), so it is deterministic, equal-length on every
+rank, and resumable exactly by skipping the batches already consumed.
+
+Per epoch:
+1. the shard order is a permutation drawn from (seed, epoch); inside each shard the sample
+   order is another permutation from (seed, epoch, shard). The converter already mixed
+   classes across shards, so reading shard by shard keeps I/O sequential per shard.
+2. the resulting global order is cut into ``world`` contiguous blocks of
+   ``total // world`` samples: every rank gets the same count whatever the shard sizes
+   (up to world - 1 samples are left out of an epoch, different ones each epoch).
+3. a rank yields ``(total // world) // batch_size`` full batches (the rest is dropped), the
+   same number on every rank, so collective operations never wait on a missing batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class SamplerError(ValueError):
+    """The split cannot work (e.g. fewer samples than ranks x batch size)."""
+
+
+@dataclass(frozen=True)
+class LoaderPosition:
+    """A loader's place in training: stored in checkpoints, restored to resume exactly."""
+    epoch: int = 0
+    batches: int = 0  # batches already consumed in `epoch`
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LoaderPosition":
+        return cls(int(d["epoch"]), int(d["batches"]))
+
+
+def epoch_order(counts: list[int], seed: int, epoch: int) -> np.ndarray:
+    """Global sample ids (shard-major: id = offset of its shard + index in it) in epoch order."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    parts = []
+    for s in rng.permutation(len(counts)):
+        inner = np.random.default_rng([seed, epoch, int(s)]).permutation(counts[s])
+        parts.append(offsets[s] + inner)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def batches_per_epoch(total: int, world: int, batch_size: int) -> int:
+    return (total // world) // batch_size
+
+
+def rank_order(counts: list[int], seed: int, epoch: int, rank: int, world: int, batch_size: int) -> np.ndarray:
+    """This rank's sample ids for the epoch, exactly batches_per_epoch * batch_size of them."""
+    total = int(sum(counts))
+    if not 0 <= rank < world:
+        raise SamplerError(f"rank {rank} is outside a world of {world}")
+    n_batches = batches_per_epoch(total, world, batch_size)
+    if n_batches == 0:
+        raise SamplerError(f"{total} samples over {world} ranks give no full batch of {batch_size}; "
+                           f"use a smaller batch size or more data")
+    per_rank = total // world
+    order = epoch_order(counts, seed, epoch)[rank * per_rank:(rank + 1) * per_rank]
+    return order[:n_batches * batch_size]
+
+
+def locate(counts: list[int], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global ids -> (shard index, index inside the shard)."""
+    offsets = np.cumsum([0] + list(counts))
+    shard = np.searchsorted(offsets, ids, side="right") - 1
+    return shard, ids - offsets[shard]
