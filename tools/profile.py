@@ -3,11 +3,15 @@ the same run.
 
     python tools/profile.py convert [--images N] [--workers W] [--repeats R]
     python tools/profile.py model [--model NAME] [--batch B] [--masks K] [--device cuda]
+    python tools/profile.py loader --data OUT [--engine dali] [--recipe multicrop] [--batch-size B]
+                                   [--batches N] [--compare]
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
 PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
 model: the [CLS]-attention overhead of forward_full, and one batched B*K forward_visible
-against a loop of K forwards (see model/benchmark.py). (Loader and model profiles come with
+against a loop of K forwards (see model/benchmark.py).
+loader: images/s, views/s and data wait per batch of a loader engine on converted shards;
+--compare also runs the reference engine on the same shards (see data/loader_benchmark.py). (Loader and model profiles come with
 their issues.)
 """
 from __future__ import annotations
@@ -40,6 +44,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--mask-ratio", type=float, default=0.8)
     m.add_argument("--repeats", type=int, default=10)
     m.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ld = sub.add_parser("loader", help="loader engine throughput, optionally against the reference")
+    ld.add_argument("--data", required=True, help="a folder written by tools/convert.py")
+    ld.add_argument("--engine", choices=("dali", "reference"), default="dali")
+    ld.add_argument("--recipe", default="multicrop",
+                    choices=("multicrop", "shared_crop_two_colors", "src_pair", "single_rrc"))
+    ld.add_argument("--batch-size", type=int, default=32)
+    ld.add_argument("--batches", type=int, default=20)
+    ld.add_argument("--workers", type=int, default=2, help="DALI threads / DataLoader workers")
+    ld.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    ld.add_argument("--compare", action="store_true", help="also run the reference engine and print the ratio")
     return p.parse_args(argv)
 
 
@@ -53,6 +67,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.what == "model":
         return _model(args)
+    if args.what == "loader":
+        return _loader(args)
     if args.images < 10 or args.repeats < 1 or args.workers < 1 or args.large_every < 1:
         print("error: need --images >= 10, --repeats >= 1, --workers >= 1, --large-every >= 1",
               file=sys.stderr)
@@ -64,6 +80,25 @@ def main(argv=None) -> int:
                                    args.large_every)
     result["cpus"] = os.cpu_count()
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def _loader(args) -> int:
+    from data.loader import LoaderError
+    from data.loader_benchmark import benchmark_loader
+    from data.sampler import SamplerError
+    from data.shards.manifest import ManifestError
+
+    if args.batch_size < 1 or args.batches < 1 or args.workers < 0:
+        print("error: need --batch-size >= 1, --batches >= 1, --workers >= 0", file=sys.stderr)
+        return 2
+    try:
+        result = benchmark_loader(args.data, args.engine, args.recipe, args.batch_size, args.batches,
+                                  args.workers, args.device, args.compare)
+    except (ManifestError, LoaderError, SamplerError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
     return 0
 
 

@@ -1,0 +1,153 @@
+"""build_loader(folder, engine, recipe, ...) -> an iterable of ``Views`` batches on the device.
+
+Engines:
+- ``dali``       production: data/dali.py (GPU with CUDA, DALI's CPU mode without).
+- ``reference``  torchvision v2 / PIL in DataLoader workers (data/reference.py): the baseline.
+
+Both read the shards through data/shards/samples.py in the order of data/sampler.py, so
+the same (seed, epoch, rank, world size) gives the same samples in the same order on
+every engine, every rank yields the same number of batches, and ``state()`` /
+``load_state()`` resume mid-epoch exactly: the sample order is exact on both engines; the
+augmentation draws after a resume are fresh (DALI and torch generators are re-seeded from
+(seed, epoch, batch)), which no training result depends on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data.sampler import LoaderPosition, rank_order
+from data.shards.samples import open_samples
+from data.views import Recipe
+
+ENGINES = ("dali", "reference")
+
+
+class LoaderError(ValueError):
+    """A loader cannot be built as asked; the message names the option and the fix."""
+
+
+@dataclass
+class Views:
+    """One batch. ``views[group]`` is a list of [B, 3, S, S] tensors (recipe order)."""
+    views: dict[str, list[torch.Tensor]]
+    labels: torch.Tensor               # [B] int64
+    ids: torch.Tensor                  # [B] global sample ids (data/shards/samples.py)
+
+    @property
+    def global_views(self) -> list[torch.Tensor]:
+        return self.views.get("global", [])
+
+    @property
+    def local_views(self) -> list[torch.Tensor]:
+        return self.views.get("local", [])
+
+
+@dataclass
+class LoaderStats:
+    batches: int = 0
+    images: int = 0
+    corrupt: list[dict] = field(default_factory=list)  # {shard, key, epoch}, skipped samples
+
+
+class Loader:
+    def __init__(self, folder, engine: str, recipe: Recipe, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0, device: str = "cpu", workers: int = 2, dtype=torch.float32,
+                 strict: bool = False):
+        if engine not in ENGINES:
+            raise LoaderError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        if batch_size < 1:
+            raise LoaderError("batch_size must be at least 1")
+        self.samples = open_samples(folder)
+        self.engine, self.recipe, self.batch_size = engine, recipe.validate(), batch_size
+        self.rank, self.world, self.seed = rank, world, seed
+        self.device, self.workers, self.dtype, self.strict = torch.device(device), workers, dtype, strict
+        self.position = LoaderPosition()
+        self.stats = LoaderStats()
+        self.order(0)  # fails early (one line) when the data cannot fill a batch on every rank
+
+    def order(self, epoch: int) -> np.ndarray:
+        return rank_order(self.samples.counts, self.seed, epoch, self.rank, self.world, self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self.order(self.position.epoch)) // self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.position = LoaderPosition(epoch, 0)
+
+    def state(self) -> dict:
+        return self.position.as_dict()
+
+    def load_state(self, state: dict) -> None:
+        self.position = LoaderPosition.from_dict(state)
+
+    def __iter__(self):
+        epoch, start = self.position.epoch, self.position.batches
+        ids = self.order(epoch)
+        batches = self._dali(epoch, start) if self.engine == "dali" else self._reference(epoch, start, ids)
+        for b, (views, labels) in enumerate(batches, start=start):
+            batch_ids = torch.from_numpy(ids[b * self.batch_size:(b + 1) * self.batch_size])
+            self.position = LoaderPosition(epoch, b + 1)
+            self.stats.batches += 1
+            self.stats.images += len(labels)
+            yield Views(views, labels, batch_ids)
+        self.position = LoaderPosition(epoch + 1, 0)
+
+    # ------------------------------------------------------------------ engines
+
+    def _dali(self, epoch: int, start: int):
+        from data.dali import SampleFeed, views_pipeline
+
+        feed = SampleFeed(self.samples, self.batch_size, self.seed, self.rank, self.world,
+                          start_epoch=epoch, start_batch=start, strict=self.strict)
+        gpu = self.device.type == "cuda"
+        pipe = views_pipeline(self.recipe, feed, decode_device="mixed" if gpu else "cpu",
+                              batch_size=self.batch_size, num_threads=max(1, self.workers),
+                              device_id=self.device.index or 0 if gpu else None,
+                              seed=int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
+        pipe.build()
+        try:
+            for _ in range(feed.num_batches(epoch) - start):
+                outs = pipe.run()
+                tensors = [self._to_torch(o) for o in outs]
+                yield self._group(tensors[:-1]), tensors[-1]
+        finally:
+            self.stats.corrupt.extend(feed.corrupt)
+            del pipe
+
+    def _to_torch(self, tensor_list) -> torch.Tensor:
+        from nvidia.dali.tensors import TensorListGPU
+
+        if isinstance(tensor_list, TensorListGPU):  # copy device to device, no host trip
+            from nvidia.dali.plugin.pytorch import feed_ndarray, to_torch_type
+
+            t = tensor_list.as_tensor()
+            out = torch.empty(t.shape(), dtype=to_torch_type[t.dtype], device=self.device)
+            feed_ndarray(t, out, cuda_stream=torch.cuda.current_stream(self.device))
+        else:
+            out = torch.from_numpy(np.array(tensor_list.as_tensor()))
+        return out if out.dtype == torch.int64 else out.to(self.device, self.dtype, non_blocking=True)
+
+    def _group(self, tensors: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        out = {g: [] for g in self.recipe.groups}
+        for v, t in zip(self.recipe.views, tensors):
+            out[v.group].append(t)
+        return out
+
+    def _reference(self, epoch: int, start: int, ids: np.ndarray):
+        from data.reference_loader import reference_batches
+
+        for views, labels in reference_batches(self.samples, self.recipe, ids[start * self.batch_size:],
+                                               self.batch_size, self.workers,
+                                               seed=int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)),
+                                               stats=self.stats, epoch=epoch, strict=self.strict):
+            yield ({g: [t.to(self.device, self.dtype, non_blocking=True) for t in ts] for g, ts in views.items()},
+                   labels)
+
+
+def build_loader(folder, engine: str = "dali", recipe: Recipe | None = None, **kwargs) -> Loader:
+    from data.views import build_recipe
+
+    return Loader(folder, engine, recipe or build_recipe("multicrop"), **kwargs)
