@@ -72,15 +72,11 @@ class SampleFeed:
         return jpegs, np.asarray(labels, dtype=np.int64)
 
     def _report(self, i: int, key: str, epoch: int) -> None:
-        shard = self._shard_of(i)
+        shard = self.samples.shard_of(i)
         if self.strict:
             raise CorruptSample(f"sample {key} in {shard} is not a complete JPEG; fix or re-convert that shard")
         log.warning("skipping corrupt sample %s in %s (replaced by another sample of its batch)", key, shard)
         self.corrupt.append({"shard": shard, "key": key, "epoch": epoch})
-
-    def _shard_of(self, i: int) -> str:
-        starts = np.cumsum([0] + list(self.samples.counts))
-        return self.samples.shard_name(int(np.searchsorted(starts, i, side="right") - 1))
 
 
 def _coin(p: float):

@@ -30,14 +30,10 @@ class _Dataset(torch.utils.data.Dataset):
             image.load()
         except (OSError, SyntaxError, ValueError) as err:
             if self.strict:
-                raise RuntimeError(f"sample {key} in {self._shard(i)} does not decode ({err}); "
+                raise RuntimeError(f"sample {key} in {self.samples.shard_of(i)} does not decode ({err}); "
                                    f"fix or re-convert that shard") from None
-            return None, label, {"shard": self._shard(i), "key": key}
+            return None, label, {"shard": self.samples.shard_of(i), "key": key}
         return self.make(image), label, None
-
-    def _shard(self, i: int) -> str:
-        starts = np.cumsum([0] + list(self.samples.counts))
-        return self.samples.shard_name(int(np.searchsorted(starts, i, side="right") - 1))
 
 
 def _collate(items):

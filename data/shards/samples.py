@@ -40,6 +40,10 @@ class WebDatasetSamples:
     def shard_name(self, shard: int) -> str:
         return self.manifest["shards"][shard]["file"]
 
+    def shard_of(self, i: int) -> str:
+        """The file that holds global sample i."""
+        return self.shard_name(bisect.bisect_right(self._starts, i) - 1)
+
     @staticmethod
     def _parse(path: Path, expected: int) -> dict:
         try:
@@ -106,6 +110,9 @@ class BetonSamples:
         return len(self.ptr)
 
     def shard_name(self, shard: int) -> str:
+        return BETON
+
+    def shard_of(self, i: int) -> str:
         return BETON
 
     def read(self, i: int) -> tuple[bytes, int, str]:
