@@ -2,9 +2,13 @@
 
 Engines:
 - ``dali``       production: data/dali.py (GPU with CUDA, DALI's CPU mode without).
+- ``ffcv``       FFCV's JIT pipeline decodes once and cuts every crop on the CPU
+                 (data/ffcv_ops.py); flip and colour run batched on the device (data/color.py).
+                 FFCV betons and RandomResizedCrop views only.
 - ``reference``  torchvision v2 / PIL in DataLoader workers (data/reference.py): the baseline.
 
-Both read the shards through data/shards/samples.py in the order of data/sampler.py, so
+All read the shards in the order of data/sampler.py (dali and reference through
+data/shards/samples.py, ffcv through FFCV's sequential order over those indices), so
 the same (seed, epoch, rank, world size) gives the same samples in the same order on
 every engine, every rank yields the same number of batches, and ``state()`` /
 ``load_state()`` resume mid-epoch exactly: the sample order is exact on both engines; the
@@ -22,7 +26,7 @@ from data.sampler import LoaderPosition, rank_order
 from data.shards.samples import open_samples
 from data.views import Recipe
 
-ENGINES = ("dali", "reference")
+ENGINES = ("dali", "ffcv", "reference")
 
 
 class LoaderError(ValueError):
@@ -67,6 +71,17 @@ class Loader:
         self.position = LoaderPosition()
         self.stats = LoaderStats()
         self.order(0)  # fails early (one line) when the data cannot fill a batch on every rank
+        if engine == "ffcv":
+            self._check_ffcv(folder)
+
+    def _check_ffcv(self, folder) -> None:
+        if self.samples.manifest["format"] != "ffcv":
+            raise LoaderError(f"engine ffcv reads FFCV betons, and {folder} holds WebDataset shards; "
+                              f"convert with --format ffcv or use engine dali")
+        own = [v for v in self.recipe.views if v.crop is not None]
+        if any(v.crop.kind != "rrc" for v in own):
+            raise LoaderError(f"engine ffcv cuts RandomResizedCrop views only; recipe {self.recipe.name} "
+                              f"has simple resized crops: use engine dali or reference")
 
     def order(self, epoch: int) -> np.ndarray:
         return rank_order(self.samples.counts, self.seed, epoch, self.rank, self.world, self.batch_size)
@@ -86,7 +101,9 @@ class Loader:
     def __iter__(self):
         epoch, start = self.position.epoch, self.position.batches
         ids = self.order(epoch)
-        batches = self._dali(epoch, start) if self.engine == "dali" else self._reference(epoch, start, ids)
+        engines = {"dali": lambda: self._dali(epoch, start), "ffcv": lambda: self._ffcv(epoch, start, ids),
+                   "reference": lambda: self._reference(epoch, start, ids)}
+        batches = engines[self.engine]()
         for b, (views, labels) in enumerate(batches, start=start):
             batch_ids = torch.from_numpy(ids[b * self.batch_size:(b + 1) * self.batch_size])
             self.position = LoaderPosition(epoch, b + 1)
@@ -135,6 +152,36 @@ class Loader:
         for v, t in zip(self.recipe.views, tensors):
             out[v.group].append(t)
         return out
+
+    def _ffcv(self, epoch: int, start: int, ids: np.ndarray):
+        from ffcv.fields.decoders import IntDecoder
+        from ffcv.loader import Loader as FFCVLoader
+        from ffcv.loader import OrderOption
+        from ffcv.transforms import ToTensor
+
+        from data.color import apply_color
+        from data.ffcv_ops import MultiCropRGBImageDecoder, split_views
+
+        own = [v for v in self.recipe.views if v.crop is not None]
+        groups = [(v.crop.size, 1, v.crop.scale, v.crop.ratio) for v in own]
+        loader = FFCVLoader(str(self.samples.path), batch_size=self.batch_size, num_workers=max(1, self.workers),
+                            order=OrderOption.SEQUENTIAL, indices=ids[start * self.batch_size:], drop_last=True,
+                            seed=int(np.random.default_rng([self.seed, epoch, self.rank]).integers(2**31)),
+                            pipelines={"image": [MultiCropRGBImageDecoder(groups), ToTensor()],
+                                       "label": [IntDecoder(), ToTensor()]})
+        g = torch.Generator(self.device).manual_seed(
+            int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
+        for rows, labels in loader:
+            # rows live in FFCV's reused buffers: apply_color's float conversion below copies them
+            crops = dict(zip((v.name for v in own), (c[0] for c in split_views(rows.to(self.device), groups))))
+            flips, out = {}, {grp: [] for grp in self.recipe.groups}
+            for v in self.recipe.views:
+                source = v.name if v.crop is not None else v.shares_crop_of
+                if source not in flips:  # a crop's flip is drawn once and shared with its sharers
+                    flips[source] = torch.rand(len(labels), generator=g, device=self.device) < self.recipe._crop_of(v).flip_p
+                x = apply_color(crops[source], v.color, 0.0, self.recipe.mean, self.recipe.std, g, flip=flips[source])
+                out[v.group].append(x.to(self.dtype))
+            yield out, labels.view(-1).to(torch.int64).clone()  # FFCV reuses its output buffers
 
     def _reference(self, epoch: int, start: int, ids: np.ndarray):
         from data.reference_loader import reference_batches

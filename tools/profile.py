@@ -46,7 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ld = sub.add_parser("loader", help="loader engine throughput, optionally against the reference")
     ld.add_argument("--data", required=True, help="a folder written by tools/convert.py")
-    ld.add_argument("--engine", choices=("dali", "reference"), default="dali")
+    ld.add_argument("--engine", choices=("dali", "ffcv", "reference"), default="dali")
     ld.add_argument("--recipe", default="multicrop",
                     choices=("multicrop", "shared_crop_two_colors", "src_pair", "single_rrc"))
     ld.add_argument("--batch-size", type=int, default=32)

@@ -65,6 +65,25 @@ def test_resume_from_state_continues_the_epoch_exactly(shards, engine):
     assert resumed.state() == {"epoch": 1, "batches": 0}
 
 
+@pytest.mark.parametrize("name", ["multicrop", "shared_crop_two_colors", "single_rrc"])
+def test_ffcv_engine_views_and_order(shards, name):
+    recipe = build_recipe(name) if name != "multicrop" else SMALL
+    ffcv = list(build_loader(shards / "ffcv", "ffcv", recipe, batch_size=32, workers=1))
+    dali = list(build_loader(shards / "ffcv", "dali", recipe, batch_size=32, workers=1))
+    assert len(ffcv) == len(dali) == 300 // 32
+    for a, b in zip(ffcv, dali):
+        assert torch.equal(a.ids, b.ids) and torch.equal(a.labels, b.labels)   # the sampler's order
+        assert [v.shape for g in a.views.values() for v in g] == [v.shape for g in b.views.values() for v in g]
+        assert all(v.dtype == torch.float32 for g in a.views.values() for v in g)
+
+
+def test_ffcv_engine_refuses_what_it_cannot_do(shards):
+    with pytest.raises(LoaderError, match="--format ffcv"):
+        build_loader(shards / "webdataset", "ffcv", SMALL, batch_size=8)
+    with pytest.raises(LoaderError, match="RandomResizedCrop views only"):
+        build_loader(shards / "ffcv", "ffcv", build_recipe("src_pair"), batch_size=8)
+
+
 def test_ffcv_betons_feed_the_same_dali_pipeline(shards):
     from data.shards.samples import open_samples
 
@@ -129,9 +148,10 @@ def ramp_shards(tmp_path_factory):
     (root / "src" / "n0").mkdir(parents=True)
     for i in range(96):
         image.save(root / "src" / "n0" / f"{i}.png")
-    convert(open_source(str(root / "src")), root / "shards", ConvertOptions(shard_size=32, quality=100),
-            progress=False)
-    return root / "shards"
+    for fmt in ("webdataset", "ffcv"):
+        convert(open_source(str(root / "src")), root / fmt, ConvertOptions(format=fmt, shard_size=32, quality=100),
+                progress=False)
+    return root
 
 
 def _view_stats(folder, engine, recipe):
@@ -145,14 +165,16 @@ def _view_stats(folder, engine, recipe):
     return torch.cat(stats)  # [N, 3]: flipped, span, mean
 
 
-def test_dali_and_reference_distributions_agree(ramp_shards):
+@pytest.mark.parametrize("engine, fmt", [("dali", "webdataset"), ("ffcv", "ffcv")])
+def test_engine_and_reference_distributions_agree(ramp_shards, engine, fmt):
     crop = Crop("rrc", 32, (0.2, 1.0))
     plain = Recipe("parity", (ViewSpec("v", "global", crop, None),)).validate()
-    d, r = _view_stats(ramp_shards, "dali", plain), _view_stats(ramp_shards, "reference", plain)
+    d, r = _view_stats(ramp_shards / fmt, engine, plain), _view_stats(ramp_shards / "webdataset", "reference", plain)
     assert abs(d[:, 0].mean() - r[:, 0].mean()) < 0.15                         # flip rate (both ~0.5)
     assert abs(d[:, 0].mean() - 0.5) < 0.12 and abs(r[:, 0].mean() - 0.5) < 0.12
     assert d[:, 1].median() == pytest.approx(r[:, 1].median().item(), rel=0.1)  # crop width via ramp span
     colored = Recipe("parity", (ViewSpec("v", "global", crop, build_recipe("shared_crop_two_colors").views[0].color),)).validate()
-    dc, rc = _view_stats(ramp_shards, "dali", colored), _view_stats(ramp_shards, "reference", colored)
+    dc = _view_stats(ramp_shards / fmt, engine, colored)
+    rc = _view_stats(ramp_shards / "webdataset", "reference", colored)
     assert dc[:, 2].std() == pytest.approx(rc[:, 2].std().item(), rel=0.35)   # jitter spreads brightness alike
     assert dc[:, 2].mean() == pytest.approx(rc[:, 2].mean().item(), abs=0.15)
