@@ -49,9 +49,12 @@ def measure(folder, engine: str, recipe_name: str, batch_size: int, batches: int
 
 def benchmark_loader(folder, engine: str, recipe: str, batch_size: int, batches: int, workers: int,
                      device: str, compare: bool) -> dict:
+    # the reference first: its DataLoader forks workers, which is unsafe once DALI's or
+    # FFCV's threads exist in this process
+    ref = measure(folder, "reference", recipe, batch_size, batches, workers, device) \
+        if compare and engine != "reference" else None
     result = measure(folder, engine, recipe, batch_size, batches, workers, device)
-    if compare and engine != "reference":
-        ref = measure(folder, "reference", recipe, batch_size, batches, workers, device)
+    if ref is not None:
         result = {"engine": result, "reference": ref,
                   "ratio": round(result["images_per_s"] / ref["images_per_s"], 2), "goal_ratio": 2.0}
         result["goal_met"] = result["ratio"] >= result["goal_ratio"]
