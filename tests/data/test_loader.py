@@ -178,3 +178,16 @@ def test_engine_and_reference_distributions_agree(ramp_shards, engine, fmt):
     rc = _view_stats(ramp_shards / "webdataset", "reference", colored)
     assert dc[:, 2].std() == pytest.approx(rc[:, 2].std().item(), rel=0.35)   # jitter spreads brightness alike
     assert dc[:, 2].mean() == pytest.approx(rc[:, 2].mean().item(), abs=0.15)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI mixed decoding, GPU operators)")
+@pytest.mark.parametrize("engine", ["dali", "ffcv"])
+def test_gpu_views_match_cpu_views_in_shape_range_and_order(shards, engine):
+    folder = shards / ("ffcv" if engine == "ffcv" else "webdataset")
+    gpu = next(iter(build_loader(folder, engine, SMALL, batch_size=16, device="cuda", workers=2)))
+    cpu = next(iter(build_loader(folder, engine, SMALL, batch_size=16, device="cpu", workers=2)))
+    assert torch.equal(gpu.ids, cpu.ids) and torch.equal(gpu.labels.cpu(), cpu.labels)
+    for g, c in zip(gpu.global_views + gpu.local_views, cpu.global_views + cpu.local_views):
+        assert g.is_cuda and g.shape == c.shape and g.dtype == c.dtype
+        assert abs(g.mean().item() - c.mean().item()) < 0.3 and g.min() >= -2.2 and g.max() <= 2.7
