@@ -122,7 +122,7 @@ class Loader:
         gpu = self.device.type == "cuda"
         pipe = views_pipeline(self.recipe, feed, decode_device="mixed" if gpu else "cpu",
                               batch_size=self.batch_size, num_threads=max(1, self.workers),
-                              device_id=self.device.index or 0 if gpu else None,
+                              device_id=(self.device.index or 0) if gpu else None,
                               seed=int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
         pipe.build()
         try:
@@ -178,7 +178,7 @@ class Loader:
             for v in self.recipe.views:
                 source = v.name if v.crop is not None else v.shares_crop_of
                 if source not in flips:  # a crop's flip is drawn once and shared with its sharers
-                    flips[source] = torch.rand(len(labels), generator=g, device=self.device) < self.recipe._crop_of(v).flip_p
+                    flips[source] = torch.rand(len(labels), generator=g, device=self.device) < self.recipe.crop_of(v).flip_p
                 x = apply_color(crops[source], v.color, 0.0, self.recipe.mean, self.recipe.std, g, flip=flips[source])
                 out[v.group].append(x.to(self.dtype))
             yield out, labels.view(-1).to(torch.int64).clone()  # FFCV reuses its output buffers

@@ -82,15 +82,15 @@ class Recipe:
             if v.color is not None:
                 _check_color(f"{self.name}.{v.name}.color", v.color)
         for g in self.groups:
-            sizes = {self._crop_of(v).size for v in self.group(g)}
+            sizes = {self.crop_of(v).size for v in self.group(g)}
             if len(sizes) != 1:
                 raise RecipeError(f"{self.name}: views of group {g} must share one size, got {sorted(sizes)}")
         return self
 
     def size_of(self, group: str) -> int:
-        return self._crop_of(self.group(group)[0]).size
+        return self.crop_of(self.group(group)[0]).size
 
-    def _crop_of(self, view: ViewSpec) -> Crop:
+    def crop_of(self, view: ViewSpec) -> Crop:
         while view.crop is None:
             view = next(v for v in self.views if v.name == view.shares_crop_of)
         return view.crop
