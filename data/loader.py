@@ -164,11 +164,15 @@ class Loader:
 
         own = [v for v in self.recipe.views if v.crop is not None]
         groups = [(v.crop.size, 1, v.crop.scale, v.crop.ratio) for v in own]
-        loader = FFCVLoader(str(self.samples.path), batch_size=self.batch_size, num_workers=max(1, self.workers),
-                            order=OrderOption.SEQUENTIAL, indices=ids[start * self.batch_size:], drop_last=True,
-                            seed=int(np.random.default_rng([self.seed, epoch, self.rank]).integers(2**31)),
-                            pipelines={"image": [MultiCropRGBImageDecoder(groups), ToTensor()],
-                                       "label": [IntDecoder(), ToTensor()]})
+        indices = ids[start * self.batch_size:]
+        if getattr(self, "_ffcv_loader", None) is None:  # built once: a new one per epoch leaked ~16 MB
+            self._ffcv_loader = FFCVLoader(
+                str(self.samples.path), batch_size=self.batch_size, num_workers=max(1, self.workers),
+                order=OrderOption.SEQUENTIAL, indices=indices, drop_last=True,
+                pipelines={"image": [MultiCropRGBImageDecoder(groups), ToTensor()],
+                           "label": [IntDecoder(), ToTensor()]})
+        loader = self._ffcv_loader
+        loader.indices = loader.traversal_order.indices = np.asarray(indices)  # this epoch's order
         g = torch.Generator(self.device).manual_seed(
             int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
         for rows, labels in loader:
