@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from numba import njit
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.allocation_query import AllocationQuery
@@ -20,12 +21,22 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms.utils.fast_crop import get_random_crop
 
 
-class MultiCropRGBImageDecoder(SimpleRGBImageDecoder):
-    """groups: [(size, n_views, (scale_min, scale_max), (ratio_min, ratio_max)), ...]"""
+@njit(nogil=True)
+def square_crop(height, width):
+    """Simple resized crop (DeiT III) in source pixels: the shorter side's square at a random
+    position; resized to S it equals 'shorter side -> S, random S x S crop' without padding."""
+    side = min(height, width)
+    return np.random.randint(0, height - side + 1), np.random.randint(0, width - side + 1), side, side
 
-    def __init__(self, groups: list[tuple[int, int, tuple, tuple]]):
+
+class MultiCropRGBImageDecoder(SimpleRGBImageDecoder):
+    """groups: [(size, n_views, (scale_min, scale_max), (ratio_min, ratio_max)[, kind]), ...]
+    kind "rrc" (RandomResizedCrop, default) or "src" (simple resized crop: scale/ratio unused)."""
+
+    def __init__(self, groups: list[tuple]):
         super().__init__()
-        self.groups = [(int(s), int(n), tuple(sc), tuple(r)) for s, n, sc, r in groups]
+        self.kinds = np.array([1 if len(g) > 4 and g[4] == "src" else 0 for g in groups], dtype=np.int64)
+        self.groups = [(int(g[0]), int(g[1]), tuple(g[2]), tuple(g[3])) for g in groups]
         self.sizes = np.array([g[0] for g in self.groups], dtype=np.int64)
         self.counts = np.array([g[1] for g in self.groups], dtype=np.int64)
         self.scales = np.array([g[2] for g in self.groups], dtype=np.float64)   # [G, 2]
@@ -46,7 +57,9 @@ class MultiCropRGBImageDecoder(SimpleRGBImageDecoder):
         my_range = Compiler.get_iterator()
         imdecode_c, resize_crop_c = Compiler.compile(imdecode), Compiler.compile(resize_crop)
         get_crop_c = Compiler.compile(getattr(get_random_crop, "py_func", get_random_crop))  # FFCV jits it already
+        square_c = Compiler.compile(square_crop.py_func)
         sizes, counts, scales, ratios, offsets = self.sizes, self.counts, self.scales, self.ratios, self.offsets
+        kinds = self.kinds
 
         def decode(batch_indices, my_storage, metadata, storage_state):
             destination, temp_storage = my_storage
@@ -65,7 +78,10 @@ class MultiCropRGBImageDecoder(SimpleRGBImageDecoder):
                     s = sizes[g]
                     for v in range(counts[g]):
                         start = offsets[g] + v * 3 * s * s
-                        i, j, h, w = get_crop_c(height, width, scales[g], ratios[g])
+                        if kinds[g] == 1:
+                            i, j, h, w = square_c(height, width)
+                        else:
+                            i, j, h, w = get_crop_c(height, width, scales[g], ratios[g])
                         resize_crop_c(image, i, i + h, j, j + w, row[start:start + 3 * s * s].reshape(s, s, 3))
             return destination[:len(batch_indices)]
 
@@ -76,7 +92,7 @@ class MultiCropRGBImageDecoder(SimpleRGBImageDecoder):
 def split_views(rows: torch.Tensor, groups: list[tuple[int, int, tuple, tuple]]) -> list[list[torch.Tensor]]:
     """[B, row] uint8 -> per group, n tensors [B, 3, S, S] uint8 (views of the row, no copy)."""
     out, offset = [], 0
-    for size, n, _, _ in groups:
+    for size, n, *_ in groups:
         block = rows[:, offset:offset + n * size * size * 3].reshape(-1, n, size, size, 3)
         out.append([block[:, v].permute(0, 3, 1, 2) for v in range(n)])
         offset += n * size * size * 3

@@ -4,7 +4,7 @@ Engines:
 - ``dali``       production: data/dali.py (GPU with CUDA, DALI's CPU mode without).
 - ``ffcv``       FFCV's JIT pipeline decodes once and cuts every crop on the CPU
                  (data/ffcv_ops.py); flip and colour run batched on the device (data/color.py).
-                 FFCV betons and RandomResizedCrop views only.
+                 FFCV betons only; its simple resized crop stays inside the image (no padding).
 - ``reference``  torchvision v2 / PIL in DataLoader workers (data/reference.py): the baseline.
 
 All read the shards in the order of data/sampler.py (dali and reference through
@@ -78,10 +78,7 @@ class Loader:
         if self.samples.manifest["format"] != "ffcv":
             raise LoaderError(f"engine ffcv reads FFCV betons, and {folder} holds WebDataset shards; "
                               f"convert with --format ffcv or use engine dali")
-        own = [v for v in self.recipe.views if v.crop is not None]
-        if any(v.crop.kind != "rrc" for v in own):
-            raise LoaderError(f"engine ffcv cuts RandomResizedCrop views only; recipe {self.recipe.name} "
-                              f"has simple resized crops: use engine dali or reference")
+
 
     def order(self, epoch: int) -> np.ndarray:
         return rank_order(self.samples.counts, self.seed, epoch, self.rank, self.world, self.batch_size)
@@ -163,7 +160,7 @@ class Loader:
         from data.ffcv_ops import MultiCropRGBImageDecoder, split_views
 
         own = [v for v in self.recipe.views if v.crop is not None]
-        groups = [(v.crop.size, 1, v.crop.scale, v.crop.ratio) for v in own]
+        groups = [(v.crop.size, 1, v.crop.scale, v.crop.ratio, v.crop.kind) for v in own]
         indices = ids[start * self.batch_size:]
         if getattr(self, "_ffcv_loader", None) is None:  # built once: a new one per epoch leaked ~16 MB
             self._ffcv_loader = FFCVLoader(

@@ -56,3 +56,18 @@ def test_a_full_image_crop_equals_opencvs_area_resize_of_the_decoded_jpeg(beton)
             # FFCV decodes with TurboJPEG's own IDCT/upsampling settings: a few levels apart from Pillow
             assert np.abs(got - expected).mean() < 1.5 and np.abs(got - expected).max() <= 12
             assert np.abs(got - shifted.astype(int)).mean() > 3 * np.abs(got - expected).mean()
+
+
+def test_simple_resized_crop_is_a_shorter_side_square(beton):
+    from data.shards.samples import BetonSamples
+
+    groups = [(32, 1, (1.0, 1.0), (1.0, 1.0), "src")]
+    rows, _ = next(iter(_loader(beton, groups, batch=12)))
+    view = split_views(rows, groups)[0][0]
+    samples = BetonSamples(beton.parent)
+    for b in range(12):
+        decoded = np.asarray(Image.open(__import__("io").BytesIO(samples.read(b)[0])).convert("RGB"))  # 96 x 128
+        squares = [cv2.resize(decoded[:, j:j + 96], (32, 32), interpolation=cv2.INTER_AREA).astype(int)
+                   for j in range(0, 33)]
+        got = view[b].permute(1, 2, 0).numpy().astype(int)
+        assert min(np.abs(got - sq).mean() for sq in squares) < 1.5  # some shorter-side square, resized
