@@ -172,7 +172,16 @@ class Loader:
         loader.indices = loader.traversal_order.indices = np.asarray(indices)  # this epoch's order
         g = torch.Generator(self.device).manual_seed(
             int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
-        for rows, labels in loader:
+        for k, (rows, labels) in enumerate(loader):
+            batch_ids = indices[k * self.batch_size:(k + 1) * self.batch_size]
+            bad = self._corrupt_in(batch_ids, epoch)
+            if bad:  # FFCV decodes a damaged JPEG into garbage silently: reuse good samples instead
+                good = [j for j in range(len(batch_ids)) if j not in set(bad)]
+                if not good:
+                    raise RuntimeError(f"every sample of a batch is corrupt (epoch {epoch})")
+                src = torch.tensor([good[n % len(good)] for n in range(len(bad))])
+                rows, labels = rows.clone(), labels.clone()
+                rows[torch.tensor(bad)], labels[torch.tensor(bad)] = rows[src], labels[src]
             # rows live in FFCV's reused buffers: apply_color's float conversion below copies them
             crops = dict(zip((v.name for v in own), (c[0] for c in split_views(rows.to(self.device), groups))))
             flips, out = {}, {grp: [] for grp in self.recipe.groups}
@@ -183,6 +192,22 @@ class Loader:
                 x = apply_color(crops[source], v.color, 0.0, self.recipe.mean, self.recipe.std, g, flip=flips[source])
                 out[v.group].append(x.to(self.dtype))
             yield out, labels.view(-1).to(torch.int64).clone()  # FFCV reuses its output buffers
+
+    def _corrupt_in(self, ids: np.ndarray, epoch: int) -> list[int]:
+        """Positions in `ids` whose JPEG is not complete (the converter's structural check)."""
+        from data.dali import CorruptSample
+        from data.images import inspect_baseline_jpeg
+
+        bad = []
+        for pos, i in enumerate(ids.tolist()):
+            data, _, key = self.samples.read(i)
+            if inspect_baseline_jpeg(data) is None:
+                if self.strict:
+                    raise CorruptSample(f"sample {key} in {self.samples.shard_of(i)} is not a complete JPEG; "
+                                        f"fix or re-convert that file")
+                self.stats.corrupt.append({"shard": self.samples.shard_of(i), "key": key, "epoch": epoch})
+                bad.append(pos)
+        return bad
 
     def _reference(self, epoch: int, start: int, ids: np.ndarray):
         from data.reference_loader import reference_batches

@@ -25,10 +25,11 @@ def shards(tmp_path_factory):
     return root  # 300 samples in shards of 70, 70, 70, 70, 20
 
 
-@pytest.mark.parametrize("engine", ["dali", "reference"])
+@pytest.mark.parametrize("engine", ["dali", "ffcv", "reference"])
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_ranks_get_equal_disjoint_batches_over_uneven_shards(shards, engine, world):
-    loaders = [build_loader(shards / "webdataset", engine, SMALL, batch_size=16, rank=r, world=world, workers=1)
+    folder = shards / ("ffcv" if engine == "ffcv" else "webdataset")
+    loaders = [build_loader(folder, engine, SMALL, batch_size=16, rank=r, world=world, workers=1)
                for r in range(world)]
     assert len({len(ld) for ld in loaders}) == 1 and len(loaders[0]) == (300 // world) // 16
     if world in (1, 3):  # iterate a couple of splits fully; lengths are checked for all
@@ -48,20 +49,23 @@ def test_both_engines_yield_the_same_samples_in_the_same_order(shards):
                 assert a.shape == b.shape == (16, 3, size, size) and a.dtype == b.dtype == torch.float32
 
 
-@pytest.mark.parametrize("engine", ["dali", "reference"])
+@pytest.mark.parametrize("engine", ["dali", "ffcv", "reference"])
 def test_resume_from_state_continues_the_epoch_exactly(shards, engine):
-    full = build_loader(shards / "webdataset", engine, SMALL, batch_size=16, seed=2, workers=1)
-    ids = [b.ids for b in full]
-    part = build_loader(shards / "webdataset", engine, SMALL, batch_size=16, seed=2, workers=1)
+    folder = shards / ("ffcv" if engine == "ffcv" else "webdataset")
+    full = build_loader(folder, engine, SMALL, batch_size=16, seed=2, workers=1)
+    batches = list(full)
+    ids, labels = [b.ids for b in batches], [b.labels for b in batches]
+    part = build_loader(folder, engine, SMALL, batch_size=16, seed=2, workers=1)
     it = iter(part)
     for _ in range(5):
         next(it)
     state = part.state()
     assert state == {"epoch": 0, "batches": 5}
-    resumed = build_loader(shards / "webdataset", engine, SMALL, batch_size=16, seed=2, workers=1)
+    resumed = build_loader(folder, engine, SMALL, batch_size=16, seed=2, workers=1)
     resumed.load_state(state)
-    got = [b.ids for b in resumed]
-    assert len(got) == len(ids) - 5 and all(torch.equal(a, b) for a, b in zip(got, ids[5:]))
+    rest = list(resumed)
+    assert len(rest) == len(ids) - 5
+    assert all(torch.equal(a.ids, b) and torch.equal(a.labels, c) for a, b, c in zip(rest, ids[5:], labels[5:]))
     assert resumed.state() == {"epoch": 1, "batches": 0}
 
 
@@ -203,3 +207,27 @@ def test_gpu_views_match_cpu_views_in_shape_range_and_order(shards, engine):
     for g, c in zip(gpu.global_views + gpu.local_views, cpu.global_views + cpu.local_views):
         assert g.is_cuda and g.shape == c.shape and g.dtype == c.dtype
         assert abs(g.mean().item() - c.mean().item()) < 0.3 and g.min() >= -2.2 and g.max() <= 2.7
+
+
+def test_ffcv_engine_skips_counts_and_names_corrupt_samples(shards, tmp_path):
+    import shutil
+
+    from data.shards.samples import BetonSamples
+
+    folder = tmp_path / "f"
+    shutil.copytree(shards / "ffcv", folder)
+    beton = BetonSamples(folder)
+    loader = build_loader(folder, "ffcv", SMALL, batch_size=16, workers=1)
+    victim = int(loader.order(0)[3])
+    p, n = int(beton.ptr[victim]), int(beton.size[victim])
+    raw = bytearray((folder / "data.beton").read_bytes())
+    raw[p + n // 2:p + n] = b"\0" * (n - n // 2)  # the JPEG's second half, EOI included, zeroed
+    (folder / "data.beton").write_bytes(bytes(raw))
+    batches = list(build_loader(folder, "ffcv", SMALL, batch_size=16, workers=1))
+    counting = build_loader(folder, "ffcv", SMALL, batch_size=16, workers=1)
+    first = next(iter(counting))
+    assert [c["key"] for c in counting.stats.corrupt] == [str(victim)]
+    assert first.labels[3] == first.labels[0]  # the corrupt slot reuses the batch's first good sample
+    assert all(b.labels.shape == (16,) for b in batches)
+    with pytest.raises(Exception, match=f"sample {victim} in data.beton"):
+        next(iter(build_loader(folder, "ffcv", SMALL, batch_size=16, workers=1, strict=True)))
