@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import timm
 import torch
-import torch.nn.functional as F
 from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 

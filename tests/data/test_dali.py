@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from data.dali import CorruptSample, SampleFeed, views_pipeline
+from data.dali import SampleFeed, views_pipeline
 from data.shards.convert import convert
 from data.shards.plan import ConvertOptions
 from data.shards.samples import open_samples

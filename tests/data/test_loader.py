@@ -1,6 +1,5 @@
 """data/loader.py: both engines on real shards; ranks, order, resume, corrupt samples,
 memory, and distribution parity between DALI (CPU mode) and the torchvision reference."""
-from dataclasses import replace
 
 import numpy as np
 import pytest

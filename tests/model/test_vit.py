@@ -3,7 +3,7 @@ import timm
 import torch
 import pytest
 
-from model.vit import cls_attention, create_vit, embed_patches, forward_full, forward_masked, forward_visible, pos_embed_for
+from model.vit import create_vit, embed_patches, forward_full, forward_masked, forward_visible, pos_embed_for
 
 TINY = dict(img_size=64, depth=3, embed_dim=64, num_heads=4)  # ViT-S/16 layout, tiny sizes
 ATOL = 1e-5
