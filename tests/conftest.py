@@ -108,3 +108,30 @@ def run_cli():
             raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
     return run
+
+
+@pytest.fixture
+def corrupt_copy(tmp_path):
+    """Copy a converted folder and zero the second half (EOI included) of global sample `victim`'s
+    JPEG. Returns (folder, key, file holding it). Works for WebDataset shards and FFCV betons."""
+    import shutil
+
+    from data.shards.samples import BetonSamples, open_samples
+
+    def plant(src: Path, victim: int):
+        folder = tmp_path / f"corrupt-{src.name}"
+        shutil.copytree(src, folder)
+        samples = open_samples(folder)
+        if isinstance(samples, BetonSamples):
+            offset, size = int(samples.ptr[victim]), int(samples.size[victim])
+        else:
+            starts = np.cumsum([0] + samples.counts)
+            shard = int(np.searchsorted(starts, victim, side="right") - 1)
+            offset, size = (int(v) for v in samples._index[shard]["jpg"][victim - starts[shard]])
+        name = samples.shard_of(victim)
+        key = samples.read(victim)[2]
+        raw = bytearray((folder / name).read_bytes())
+        raw[offset + size // 2:offset + size] = b"\0" * (size - size // 2)
+        (folder / name).write_bytes(bytes(raw))
+        return folder, key, name
+    return plant

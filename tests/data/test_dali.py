@@ -68,25 +68,13 @@ def test_order_is_the_samplers_and_resume_is_exact(shards):
     assert not set(other.order(0).tolist()) & set(feed.order(0).tolist())
 
 
-def test_a_corrupt_sample_is_skipped_counted_and_named_in_strict_mode(shards, tmp_path):
-    import shutil
-
-    folder = tmp_path / "val"
-    shutil.copytree(shards, folder)
-    samples = open_samples(folder)
-    feed = SampleFeed(samples, 8, seed=0, rank=0, world=1)
-    victim = int(feed.order(0)[2])                      # third sample of the first batch
-    shard = int(np.searchsorted(np.cumsum([0] + samples.counts), victim, side="right") - 1)
-    j = victim - sum(samples.counts[:shard])
-    offset, size = samples._index[shard]["jpg"][j]
-    path = folder / samples.shard_name(shard)
-    raw = bytearray(path.read_bytes())
-    raw[offset + size // 2: offset + size] = b"\0" * (size - size // 2)  # its second half zeroed
-    path.write_bytes(bytes(raw))
+def test_a_corrupt_sample_is_skipped_counted_and_named_in_strict_mode(shards, corrupt_copy):
+    victim = int(SampleFeed(open_samples(shards), 8, seed=0, rank=0, world=1).order(0)[2])  # 3rd of batch 1
+    folder, key, name = corrupt_copy(shards, victim)
     outs = run(build_recipe("single_rrc"), SampleFeed(open_samples(folder), 8, seed=0, rank=0, world=1), batches=3)
     assert all(o[0].shape == (8, 3, 224, 224) for o in outs)  # the pipeline keeps going, full batches
     counted = SampleFeed(open_samples(folder), 8, seed=0, rank=0, world=1)
     run(build_recipe("single_rrc"), counted, batches=1)
-    assert [c["key"] for c in counted.corrupt][:1] == [samples.read(victim)[2]]
-    with pytest.raises(Exception, match=f"{samples.read(victim)[2]} in {samples.shard_name(shard)}"):
+    assert [c["key"] for c in counted.corrupt][:1] == [key]
+    with pytest.raises(Exception, match=f"{key} in {name}"):
         run(build_recipe("single_rrc"), SampleFeed(open_samples(folder), 8, seed=0, rank=0, world=1, strict=True))
