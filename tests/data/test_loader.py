@@ -108,6 +108,19 @@ def test_reference_engine_skips_counts_and_names_corrupt_samples(shards, corrupt
         list(strict)
 
 
+def test_ffcv_engine_follows_each_epochs_order_with_one_ffcv_loader(shards):
+    from data.shards.samples import open_samples
+
+    beton = open_samples(shards / "ffcv")
+    loader = build_loader(shards / "ffcv", "ffcv", SMALL, batch_size=32, workers=1)
+    for epoch in range(3):  # ids are the sampler's; labels come out of FFCV: they must belong to those ids
+        batches = list(loader)
+        assert len(batches) == 300 // 32
+        for b in batches:
+            assert b.labels.tolist() == [beton.read(int(i))[1] for i in b.ids]
+    assert loader.state() == {"epoch": 3, "batches": 0}
+
+
 @pytest.mark.parametrize("engine, fmt", [("dali", "webdataset"), ("ffcv", "ffcv")])
 def test_memory_stays_flat_over_epochs(shards, engine, fmt):
     loader = build_loader(shards / fmt, engine, SMALL, batch_size=8, workers=1)
