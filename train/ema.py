@@ -1,0 +1,27 @@
+"""The EMA teacher update: theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter
+the teacher has, as two fused ``torch._foreach`` kernels (no Python loop over tensors)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+def paired_parameters(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Teacher and student parameters matched by name; the teacher may lack student-only parts
+    (e.g. ExtreMA's predictor), but every teacher parameter needs a student counterpart."""
+    s = dict(student.named_parameters())
+    t = dict(teacher.named_parameters())
+    missing = sorted(set(t) - set(s))
+    if missing:
+        raise ValueError(f"teacher parameters without a student counterpart: {missing[:5]}")
+    for name, p in t.items():
+        if p.shape != s[name].shape:
+            raise ValueError(f"{name}: teacher {tuple(p.shape)} vs student {tuple(s[name].shape)}")
+    names = list(t)
+    return [t[n] for n in names], [s[n] for n in names]
+
+
+@torch.no_grad()
+def ema_update(teacher_params: list[torch.Tensor], student_params: list[torch.Tensor], momentum: float) -> None:
+    torch._foreach_mul_(teacher_params, momentum)
+    torch._foreach_add_(teacher_params, [p.detach() for p in student_params], alpha=1.0 - momentum)
