@@ -1,0 +1,1 @@
+"""Methods: the views each needs, its teacher targets, its student passes and its loss."""
