@@ -84,9 +84,10 @@ def _affine(x: torch.Tensor, fb, fc, fs, fh, gray) -> torch.Tensor:
     luma = _LUMA.to(x.device)
     to_gray = torch.ones(3, 1, device=x.device) * luma.view(1, 3)                 # every channel := luma
     sat = fs.view(-1, 1, 1) * eye + (1 - fs).view(-1, 1, 1) * to_gray             # [B, 3, 3]
-    m = _hue_matrix(fh) @ sat * (fc * fb).view(-1, 1, 1)                          # hue . sat . contrast . brightness
+    hue_sat = _hue_matrix(fh) @ sat
+    m = hue_sat * (fc * fb).view(-1, 1, 1)                                        # hue . sat . contrast . brightness
     mean_luma = _gray(x).mean((1, 2, 3))                                          # [B]
-    o = (_hue_matrix(fh) @ sat @ torch.ones(3, 1, device=x.device)).squeeze(-1) \
+    o = (hue_sat @ torch.ones(3, 1, device=x.device)).squeeze(-1) \
         * ((1 - fc) * fb * mean_luma).view(-1, 1)                                 # [B, 3]
     g = torch.where(gray.view(-1, 1, 1), to_gray.expand(len(fb), 3, 3), eye.expand(len(fb), 3, 3))
     m, o = g @ m, (g @ o.unsqueeze(-1)).squeeze(-1)

@@ -14,20 +14,12 @@ the order deterministic and resume exact. The same feed serves WebDataset and FF
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from data.images import inspect_baseline_jpeg
 from data.sampler import rank_order
+from data.shards.samples import check_sample, replacement_sources
 from data.views import Color, Crop, Recipe
-
-log = logging.getLogger(__name__)
-
-
-class CorruptSample(RuntimeError):
-    """Strict mode: a sample that is not a complete baseline JPEG (names shard and key)."""
 
 
 class SampleFeed:
@@ -57,26 +49,17 @@ class SampleFeed:
             raise StopIteration
         ids = self.order(epoch)[batch * self.batch_size:(batch + 1) * self.batch_size]
         jpegs, labels, bad = [], [], []
-        for i in ids.tolist():
+        for pos, i in enumerate(ids.tolist()):
             data, label, key = self.samples.read(i)
-            if inspect_baseline_jpeg(data) is None:  # converter output is always baseline JPEG
-                bad.append(len(jpegs))
-                self._report(i, key, epoch)
+            record = check_sample(self.samples, i, data, key, epoch, self.strict)
+            if record is not None:
+                bad.append(pos)
+                self.corrupt.append(record)
             jpegs.append(np.frombuffer(data, dtype=np.uint8))
             labels.append(label)
-        good = [j for j in range(len(jpegs)) if j not in set(bad)]
-        if not good:
-            raise CorruptSample(f"every sample of batch {batch} (epoch {epoch}) is corrupt")
-        for n, j in enumerate(bad):  # keep the batch full and its shape static: reuse good samples
-            jpegs[j], labels[j] = jpegs[good[n % len(good)]], labels[good[n % len(good)]]
+        for j, src in zip(bad, replacement_sources(len(jpegs), bad)):
+            jpegs[j], labels[j] = jpegs[src], labels[src]
         return jpegs, np.asarray(labels, dtype=np.int64)
-
-    def _report(self, i: int, key: str, epoch: int) -> None:
-        shard = self.samples.shard_of(i)
-        if self.strict:
-            raise CorruptSample(f"sample {key} in {shard} is not a complete JPEG; fix or re-convert that shard")
-        log.warning("skipping corrupt sample %s in %s (replaced by another sample of its batch)", key, shard)
-        self.corrupt.append({"shard": shard, "key": key, "epoch": epoch})
 
 
 def _coin(p: float):

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from data.sampler import LoaderPosition, rank_order
-from data.shards.samples import open_samples
+from data.shards.samples import check_sample, open_samples, replacement_sources
 from data.views import Recipe
 
 ENGINES = ("dali", "ffcv", "reference")
@@ -176,10 +176,7 @@ class Loader:
             batch_ids = indices[k * self.batch_size:(k + 1) * self.batch_size]
             bad = self._corrupt_in(batch_ids, epoch)
             if bad:  # FFCV decodes a damaged JPEG into garbage silently: reuse good samples instead
-                good = [j for j in range(len(batch_ids)) if j not in set(bad)]
-                if not good:
-                    raise RuntimeError(f"every sample of a batch is corrupt (epoch {epoch})")
-                src = torch.tensor([good[n % len(good)] for n in range(len(bad))])
+                src = torch.tensor(replacement_sources(len(batch_ids), bad))
                 rows, labels = rows.clone(), labels.clone()
                 rows[torch.tensor(bad)], labels[torch.tensor(bad)] = rows[src], labels[src]
             # rows live in FFCV's reused buffers: apply_color's float conversion below copies them
@@ -194,18 +191,13 @@ class Loader:
             yield out, labels.view(-1).to(torch.int64).clone()  # FFCV reuses its output buffers
 
     def _corrupt_in(self, ids: np.ndarray, epoch: int) -> list[int]:
-        """Positions in `ids` whose JPEG is not complete (the converter's structural check)."""
-        from data.dali import CorruptSample
-        from data.images import inspect_baseline_jpeg
-
+        """Positions in `ids` whose JPEG is not complete; their records go to the stats."""
         bad = []
         for pos, i in enumerate(ids.tolist()):
             data, _, key = self.samples.read(i)
-            if inspect_baseline_jpeg(data) is None:
-                if self.strict:
-                    raise CorruptSample(f"sample {key} in {self.samples.shard_of(i)} is not a complete JPEG; "
-                                        f"fix or re-convert that file")
-                self.stats.corrupt.append({"shard": self.samples.shard_of(i), "key": key, "epoch": epoch})
+            record = check_sample(self.samples, i, data, key, epoch, self.strict)
+            if record is not None:
+                self.stats.corrupt.append(record)
                 bad.append(pos)
         return bad
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from data.reference import ReferenceViews
+from data.shards.samples import replacement_sources
 
 
 class _Dataset(torch.utils.data.Dataset):
@@ -37,11 +38,11 @@ class _Dataset(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    good = [it for it in items if it[0] is not None]
-    if not good:
-        raise RuntimeError("every sample of a batch failed to decode")
-    corrupt = [it[2] for it in items if it[0] is None]
-    filled = [it if it[0] is not None else good[n % len(good)] for n, it in enumerate(items)]
+    bad = [j for j, it in enumerate(items) if it[0] is None]
+    corrupt = [items[j][2] for j in bad]
+    filled = list(items)
+    for j, src in zip(bad, replacement_sources(len(items), bad)):
+        filled[j] = items[src]
     views = {g: [torch.stack([it[0][g][v] for it in filled]) for v in range(len(filled[0][0][g]))]
              for g in filled[0][0]}
     return views, torch.tensor([it[1] for it in filled], dtype=torch.int64), corrupt

@@ -14,6 +14,7 @@ Per epoch:
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,8 +67,14 @@ def rank_order(counts: list[int], seed: int, epoch: int, rank: int, world: int, 
     return order[:n_batches * batch_size]
 
 
-def locate(counts: list[int], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Global ids -> (shard index, index inside the shard)."""
-    offsets = np.cumsum([0] + list(counts))
-    shard = np.searchsorted(offsets, ids, side="right") - 1
-    return shard, ids - offsets[shard]
+def shard_starts(counts: list[int]) -> list[int]:
+    """First global id of each shard, plus the total at the end."""
+    return np.cumsum([0] + list(counts)).tolist()
+
+
+def locate(starts: list[int], i: int) -> tuple[int, int]:
+    """Global id -> (shard, index inside it), given ``shard_starts``; empty shards are skipped."""
+    if not 0 <= i < starts[-1]:
+        raise IndexError(f"sample {i} of {starts[-1]}")
+    shard = bisect.bisect_right(starts, i) - 1  # the last shard starting at or before i
+    return shard, i - starts[shard]

@@ -1,4 +1,4 @@
-"""Random access to converted samples by global id (shard-major order of the manifest):
+"""Random access to converted samples by global id, and the corrupt-sample rules every engine shares.
 ``read(i) -> (jpeg bytes, label, key)``, for both formats, so one sampler order
 (data/sampler.py) can drive any engine that decodes JPEG bytes itself (DALI's external
 source, the torchvision reference).
@@ -11,18 +11,47 @@ source, the torchvision reference).
 """
 from __future__ import annotations
 
-import bisect
+import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from data.images import inspect_baseline_jpeg
+from data.sampler import locate, shard_starts
 from data.shards.ffcv import BETON
 from data.shards.manifest import load_manifest
+
+log = logging.getLogger(__name__)
 
 
 class SampleError(Exception):
     """A shard's files do not match its manifest; the message names the file."""
+
+
+class CorruptSample(RuntimeError):
+    """Strict mode: a sample that is not a complete JPEG (names the file and key)."""
+
+
+def check_sample(samples, i: int, data: bytes, key: str, epoch: int, strict: bool) -> dict | None:
+    """None for a complete baseline JPEG (all the converter writes). Otherwise, the skip record
+    {shard, key, epoch} (also logged), or CorruptSample in strict mode. Used by every engine."""
+    if inspect_baseline_jpeg(data) is not None:
+        return None
+    shard = samples.shard_of(i)
+    if strict:
+        raise CorruptSample(f"sample {key} in {shard} is not a complete JPEG; fix or re-convert that file")
+    log.warning("skipping corrupt sample %s in %s (replaced by another sample of its batch)", key, shard)
+    return {"shard": shard, "key": key, "epoch": epoch}
+
+
+def replacement_sources(size: int, bad: list[int]) -> list[int]:
+    """For each bad position of a batch of `size`, the good position whose sample fills it
+    (keeps batches full and their shapes static): the n-th bad takes the n-th good, cyclically."""
+    good = [j for j in range(size) if j not in set(bad)]
+    if not good:
+        raise CorruptSample(f"every sample of a batch of {size} is corrupt")
+    return [good[n % len(good)] for n in range(len(bad))]
 
 
 class WebDatasetSamples:
@@ -30,7 +59,7 @@ class WebDatasetSamples:
         self.folder = Path(folder)
         self.manifest = manifest or load_manifest(folder)
         self.counts = [s["num_samples"] for s in self.manifest["shards"]]
-        self._starts = np.cumsum([0] + self.counts).tolist()  # first global id of each shard
+        self._starts = shard_starts(self.counts)
         self._index = [self._parse(self.folder / s["index"], s["num_samples"]) for s in self.manifest["shards"]]
         self._fds: dict[int, int] = {}
 
@@ -42,7 +71,7 @@ class WebDatasetSamples:
 
     def shard_of(self, i: int) -> str:
         """The file that holds global sample i."""
-        return self.shard_name(bisect.bisect_right(self._starts, i) - 1)
+        return self.shard_name(locate(self._starts, i)[0])
 
     @staticmethod
     def _parse(path: Path, expected: int) -> dict:
@@ -73,10 +102,7 @@ class WebDatasetSamples:
         return self._fds[shard]
 
     def read(self, i: int) -> tuple[bytes, int, str]:
-        if not 0 <= i < self._starts[-1]:
-            raise IndexError(f"sample {i} of {self._starts[-1]}")
-        shard = bisect.bisect_right(self._starts, i) - 1  # the last shard starting at or before i
-        j = i - self._starts[shard]
+        shard, j = locate(self._starts, i)
         idx = self._index[shard]
         (jo, js), (co, cs) = idx["jpg"][j], idx["cls"][j]
         fd = self._fd(shard)

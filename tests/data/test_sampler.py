@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from data.sampler import LoaderPosition, SamplerError, batches_per_epoch, epoch_order, locate, rank_order
+from data.sampler import (LoaderPosition, SamplerError, batches_per_epoch, epoch_order, locate, rank_order,
+                          shard_starts)
 
 UNEVEN = [1000, 7, 313, 1, 999, 64, 0, 250]  # shard sizes as a real conversion leaves them
 
@@ -44,9 +45,12 @@ def test_resume_skips_exactly_the_consumed_batches():
 
 
 def test_locate_maps_global_ids_to_shard_and_index():
-    shard, index = locate(UNEVEN, np.array([0, 999, 1000, 1006, 1007, 1320, 1321, 2320, 2384]))
-    assert shard.tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 7]
-    assert index.tolist() == [0, 999, 0, 6, 0, 0, 0, 0, 0]
+    starts = shard_starts(UNEVEN)
+    located = [locate(starts, i) for i in [0, 999, 1000, 1006, 1007, 1320, 1321, 2320, 2384]]
+    assert [s for s, _ in located] == [0, 0, 1, 1, 2, 3, 4, 5, 7]   # the empty shard 6 is skipped
+    assert [j for _, j in located] == [0, 999, 0, 6, 0, 0, 0, 0, 0]
+    with pytest.raises(IndexError):
+        locate(starts, sum(UNEVEN))
 
 
 def test_impossible_splits_are_refused():
