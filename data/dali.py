@@ -19,21 +19,23 @@ from nvidia.dali import fn, pipeline_def, types
 
 from data.sampler import rank_order
 from data.shards.samples import check_sample, replacement_sources
-from data.views import Color, Crop, Recipe
+from data.views import EVAL_RESIZE, Color, Crop, Recipe
 
 
 class SampleFeed:
     """external_source callable: BatchInfo -> (JPEG byte arrays, labels) for this rank."""
 
     def __init__(self, samples, batch_size: int, seed: int, rank: int, world: int,
-                 start_epoch: int = 0, start_batch: int = 0, strict: bool = False):
-        self.samples, self.batch_size = samples, batch_size
+                 start_epoch: int = 0, start_batch: int = 0, strict: bool = False, order_fn=None):
+        self.samples, self.batch_size, self.order_fn = samples, batch_size, order_fn
         self.seed, self.rank, self.world = seed, rank, world
         self.start_epoch, self.start_batch, self.strict = start_epoch, start_batch, strict
         self.corrupt: list[dict] = []  # {shard, key, epoch}: what was skipped, for the stats
         self._order: tuple[int, np.ndarray] | None = None
 
     def order(self, epoch: int) -> np.ndarray:
+        if self.order_fn is not None:  # the loader's own order (e.g. evaluation order)
+            return self.order_fn(epoch)
         if self._order is None or self._order[0] != epoch:
             self._order = (epoch, rank_order(self.samples.counts, self.seed, epoch, self.rank,
                                              self.world, self.batch_size))
@@ -116,6 +118,10 @@ def _crop(images, c: Crop):
         return fn.random_resized_crop(images, size=[c.size, c.size], random_area=list(c.scale),
                                       random_aspect_ratio=list(c.ratio), interp_type=types.INTERP_CUBIC,
                                       antialias=True)
+    if c.kind == "center":
+        resized = fn.resize(images, resize_shorter=round(c.size * EVAL_RESIZE), interp_type=types.INTERP_CUBIC,
+                            antialias=True)
+        return fn.crop(resized, crop=[c.size, c.size])  # centred by default
     # simple resized crop: shorter side -> size, then a size x size window anywhere within
     # `padding` px of the image (the padding is filled with black; the reference reflects)
     resized = fn.resize(images, resize_shorter=c.size, interp_type=types.INTERP_CUBIC, antialias=True)

@@ -11,9 +11,11 @@ All read the shards in the order of data/sampler.py (dali and reference through
 data/shards/samples.py, ffcv through FFCV's sequential order over those indices), so
 the same (seed, epoch, rank, world size) gives the same samples in the same order on
 every engine, every rank yields the same number of batches, and ``state()`` /
-``load_state()`` resume mid-epoch exactly: the sample order is exact on both engines; the
-augmentation draws after a resume are fresh (DALI and torch generators are re-seeded from
-(seed, epoch, batch)), which no training result depends on.
+``load_state()`` resume mid-epoch: the sample order is exact on every engine. With
+``exact_resume=True`` the dali and reference engines also give the same augmentations as an
+uninterrupted run (they replay the epoch's augmentation stream up to the position); without
+it, and always on ffcv (its JIT crops draw from per-thread generators), the draws after a
+resume are fresh.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data.sampler import LoaderPosition, rank_order
+from data.sampler import LoaderPosition, eval_order, rank_order
 from data.shards.samples import check_sample, open_samples, replacement_sources
 from data.views import Recipe
 
@@ -59,7 +61,7 @@ class LoaderStats:
 class Loader:
     def __init__(self, folder, engine: str, recipe: Recipe, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, device: str = "cpu", workers: int = 2, dtype=torch.float32,
-                 strict: bool = False):
+                 strict: bool = False, exact_resume: bool = False, evaluation: bool = False):
         if engine not in ENGINES:
             raise LoaderError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
         if batch_size < 1:
@@ -68,11 +70,14 @@ class Loader:
         self.engine, self.recipe, self.batch_size = engine, recipe.validate(), batch_size
         self.rank, self.world, self.seed = rank, world, seed
         self.device, self.workers, self.dtype, self.strict = torch.device(device), workers, dtype, strict
+        self.exact_resume, self.evaluation = exact_resume, evaluation
         self.position = LoaderPosition()
         self.stats = LoaderStats()
         self.order(0)  # fails early (one line) when the data cannot fill a batch on every rank
         if engine == "ffcv":
             self._check_ffcv(folder)
+            if any(v.crop is not None and v.crop.kind == "center" for v in self.recipe.views):
+                raise LoaderError("engine ffcv has no centre-crop (evaluation) transform; use engine dali or reference")
 
     def _check_ffcv(self, folder) -> None:
         if self.samples.manifest["format"] != "ffcv":
@@ -81,6 +86,10 @@ class Loader:
 
 
     def order(self, epoch: int) -> np.ndarray:
+        """This rank's sample ids for the epoch. evaluation=True: every sample once over the
+        ranks, in id order, the last batch padded with repeats (drop them by ``Views.ids``)."""
+        if self.evaluation:
+            return eval_order(int(sum(self.samples.counts)), self.rank, self.world, self.batch_size)
         return rank_order(self.samples.counts, self.seed, epoch, self.rank, self.world, self.batch_size)
 
     def __len__(self) -> int:
@@ -98,9 +107,18 @@ class Loader:
     def __iter__(self):
         epoch, start = self.position.epoch, self.position.batches
         ids = self.order(epoch)
-        engines = {"dali": lambda: self._dali(epoch, start), "ffcv": lambda: self._ffcv(epoch, start, ids),
-                   "reference": lambda: self._reference(epoch, start, ids)}
+        # exact_resume: the dali and reference engines draw their augmentations from one stream
+        # per (seed, epoch, rank); a mid-epoch resume replays that stream from the epoch's start
+        # and drops the batches already consumed, so it yields the very batches an uninterrupted
+        # run would (cost: decoding those batches again). Otherwise the stream is re-seeded at
+        # the position (fresh draws, no replay).
+        replay = start if self.exact_resume and self.engine != "ffcv" else 0
+        first = start - replay
+        engines = {"dali": lambda: self._dali(epoch, first), "ffcv": lambda: self._ffcv(epoch, first, ids),
+                   "reference": lambda: self._reference(epoch, first, ids)}
         batches = engines[self.engine]()
+        for _ in range(replay):
+            next(batches)
         for b, (views, labels) in enumerate(batches, start=start):
             batch_ids = torch.from_numpy(ids[b * self.batch_size:(b + 1) * self.batch_size])
             self.position = LoaderPosition(epoch, b + 1)
@@ -115,7 +133,7 @@ class Loader:
         from data.dali import SampleFeed, views_pipeline
 
         feed = SampleFeed(self.samples, self.batch_size, self.seed, self.rank, self.world,
-                          start_epoch=epoch, start_batch=start, strict=self.strict)
+                          start_epoch=epoch, start_batch=start, strict=self.strict, order_fn=self.order)
         gpu = self.device.type == "cuda"
         pipe = views_pipeline(self.recipe, feed, decode_device="mixed" if gpu else "cpu",
                               batch_size=self.batch_size, num_threads=max(1, self.workers),

@@ -16,13 +16,16 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-from data.views import Color, Crop, Recipe
+from data.views import EVAL_RESIZE, Color, Crop, Recipe
 
 
 def crop_transform(c: Crop) -> T.Compose:
     if c.kind == "rrc":
         crop = [T.RandomResizedCrop(c.size, scale=c.scale, ratio=c.ratio,
                                     interpolation=InterpolationMode.BICUBIC, antialias=True)]
+    elif c.kind == "center":
+        crop = [T.Resize(round(c.size * EVAL_RESIZE), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                T.CenterCrop(c.size)]
     else:  # simple resized crop (DeiT III): shorter side -> size, then a random size x size crop
         crop = [T.Resize(c.size, interpolation=InterpolationMode.BICUBIC, antialias=True),
                 T.RandomCrop(c.size, padding=c.padding, padding_mode="reflect")]

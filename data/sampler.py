@@ -67,6 +67,20 @@ def rank_order(counts: list[int], seed: int, epoch: int, rank: int, world: int, 
     return order[:n_batches * batch_size]
 
 
+def eval_order(total: int, rank: int, world: int, batch_size: int) -> np.ndarray:
+    """Evaluation: every sample exactly once over all ranks (ids in order, one contiguous
+    slice per rank), padded with the rank's last id so that every rank has the same number
+    of full batches. Consumers drop the repeats by id (``Views.ids``)."""
+    if total < 1:
+        raise SamplerError("no samples to evaluate")
+    per_rank = -(-total // world)
+    n_batches = max(1, -(-per_rank // batch_size))
+    part = np.arange(rank * per_rank, min((rank + 1) * per_rank, total), dtype=np.int64)
+    if len(part) == 0:  # more ranks than samples: repeat the last sample
+        part = np.array([total - 1], dtype=np.int64)
+    return np.concatenate([part, np.full(n_batches * batch_size - len(part), part[-1], dtype=np.int64)])
+
+
 def shard_starts(counts: list[int]) -> list[int]:
     """First global id of each shard, plus the total at the end."""
     return np.cumsum([0] + list(counts)).tolist()

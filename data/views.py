@@ -24,7 +24,8 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class Crop:
-    kind: str = "rrc"                          # "rrc": RandomResizedCrop; "src": resize + random crop
+    kind: str = "rrc"                          # "rrc": RandomResizedCrop; "src": resize + random crop;
+                                               # "center": evaluation (resize shorter side to size/0.875, centre crop)
     size: int = 224                            # output px (square)
     scale: tuple[float, float] = (0.08, 1.0)   # rrc: area fraction of the source
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # rrc: aspect ratio range
@@ -96,8 +97,12 @@ class Recipe:
         return view.crop
 
 
+CROP_KINDS = ("rrc", "src", "center")
+EVAL_RESIZE = 256 / 224  # k-NN / linear-probe transform: Resize(256) + CenterCrop(224), scaled with the size
+
+
 def _check_crop(where: str, c: Crop) -> None:
-    _require(c.kind in ("rrc", "src"), f"{where}.kind must be rrc or src, not {c.kind!r}")
+    _require(c.kind in CROP_KINDS, f"{where}.kind must be one of {', '.join(CROP_KINDS)}, not {c.kind!r}")
     _require(c.size > 0 and c.size % 16 == 0, f"{where}.size must be a positive multiple of 16 (the patch size), not {c.size}")
     _require(0 < c.scale[0] <= c.scale[1] <= 1, f"{where}.scale must satisfy 0 < min <= max <= 1, not {c.scale}")
     _require(0 < c.ratio[0] <= c.ratio[1], f"{where}.ratio must satisfy 0 < min <= max, not {c.ratio}")
@@ -152,7 +157,13 @@ def single_rrc(size: int = 224, scale: tuple[float, float] = (0.2, 1.0)) -> Reci
     return Recipe("single_rrc", (ViewSpec("image", "global", Crop("rrc", size, scale), None),)).validate()
 
 
-RECIPES = {"multicrop": multicrop, "shared_crop_two_colors": shared_crop_two_colors,
+def center_crop(size: int = 224) -> Recipe:
+    """Evaluation (k-NN, linear probe): shorter side -> round(size * 256/224), bicubic, then the
+    centre size x size crop; no flip, no colour."""
+    return Recipe("center_crop", (ViewSpec("image", "global", Crop("center", size, flip_p=0.0), None),)).validate()
+
+
+RECIPES = {"multicrop": multicrop, "center_crop": center_crop, "shared_crop_two_colors": shared_crop_two_colors,
            "src_pair": src_pair, "single_rrc": single_rrc}
 
 

@@ -1,0 +1,185 @@
+"""One OmegaConf tree: train/configs/default.yaml, then a recipe YAML, then CLI dot-overrides.
+
+    cfg = load_config("train/configs/ibot_attmask_vits16.yaml", ["optim.epochs=300"])
+
+Merged once and validated before any work starts: an unknown key, a missing or impossible
+value is a ``ConfigError`` whose one-line message names the key and says what is allowed.
+Helpers never receive the tree; the engine hands them plain values.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+CONFIGS = Path(__file__).parent / "configs"
+DEFAULTS = CONFIGS / "default.yaml"
+DEMO = CONFIGS / "demo.yaml"
+EMBEDDED = ("embedded:train", "embedded:val")
+MASKINGS = ("attmask_high", "attmask_low", "attmask_hint", "block", "random", "none")
+METHODS = ("ibot", "dino")
+
+
+class ConfigError(ValueError):
+    """A bad configuration, in one line that names the key."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """defaults <- recipe YAML (demo.yaml when ``path`` is None) <- ``key=value`` overrides; validated."""
+    recipe = Path(path) if path else DEMO
+    if not recipe.is_file():
+        raise ConfigError(f"--config {recipe}: no such file; the recipes are in {CONFIGS}")
+    defaults = OmegaConf.load(DEFAULTS)
+    OmegaConf.set_struct(defaults, True)
+    OmegaConf.set_struct(defaults.model.kwargs, False)  # free-form timm.create_model arguments
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not key=value (e.g. optim.epochs=300)")
+    try:
+        layers = [OmegaConf.load(recipe), OmegaConf.from_dotlist(list(overrides))]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{recipe}: {_first_line(err)}") from None
+    try:
+        cfg = OmegaConf.merge(defaults, *layers)
+    except ConfigKeyError as err:
+        key = getattr(err, "full_key", None) or _first_line(err)
+        raise ConfigError(f"unknown key {key}; every key is listed in {DEFAULTS}") from None
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"{getattr(err, 'full_key', '') or recipe}: {_first_line(err)}") from None
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, run_dir: str | Path) -> Path:
+    path = Path(run_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+    return path
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _number(cfg, key: str, lo: float | None = None, hi: float | None = None, integer: bool = False,
+            lo_open: bool = False) -> float:
+    value = OmegaConf.select(cfg, key)
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    _require(ok_type and not isinstance(value, bool), key, f"must be {kind}, not {value!r}")
+    if lo is not None:
+        _require(value > lo if lo_open else value >= lo, key, f"must be {'>' if lo_open else '>='} {lo}, not {value}")
+    if hi is not None:
+        _require(value <= hi, key, f"must be <= {hi}, not {value}")
+    return value
+
+
+def _pair(cfg, key: str, lo: float, hi: float) -> tuple[float, float]:
+    value = OmegaConf.select(cfg, key)
+    _require(isinstance(value, (list, ListConfig)) and len(value) == 2
+             and all(isinstance(v, (int, float)) for v in value), key, f"must be [min, max], not {value!r}")
+    a, b = value
+    _require(lo <= a <= b <= hi, key, f"must satisfy {lo} <= min <= max <= {hi}, not {list(value)}")
+    return float(a), float(b)
+
+
+def _choice(cfg, key: str, allowed) -> str:
+    value = OmegaConf.select(cfg, key)
+    _require(value in allowed, key, f"must be one of {', '.join(map(str, allowed))}, not {value!r}")
+    return value
+
+
+def _data_path(cfg, key: str, required: bool) -> None:
+    if OmegaConf.is_missing(cfg, key):
+        raise ConfigError(f"{key}: missing; set it to a shards folder made by tools/convert.py or to embedded:train")
+    value = OmegaConf.select(cfg, key)
+    _require(isinstance(value, str), key, f"must be a path, not {value!r}")
+    if value == "" and not required:
+        return
+    if value in EMBEDDED:
+        return
+    _require((Path(value) / "manifest.json").is_file(), key,
+             f"{value} holds no converted shards (no manifest.json); make them with "
+             f"`python tools/convert.py SRC {value}` or use {EMBEDDED[0] if required else EMBEDDED[1]}")
+
+
+def patch_size_of(arch: str, kwargs: dict) -> int:
+    """The backbone's patch size, from a model built on the meta device (no memory, no init)."""
+    import timm
+    import torch
+
+    from model.vit import create_vit
+
+    if not timm.is_model(arch):
+        raise ConfigError(f"model.arch: {arch!r} is not a timm model (e.g. vit_small_patch16_224)")
+    try:
+        with torch.device("meta"):
+            vit = create_vit(arch, **kwargs)
+    except Exception as err:  # timm's message names the bad argument
+        raise ConfigError(f"model.kwargs: timm.create_model({arch!r}) failed: {_first_line(err)}") from None
+    return int(vit.patch_embed.patch_size[0])
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first impossible value (before any data or model work)."""
+    for key in ("run.dir", "run.resume"):
+        _require(isinstance(OmegaConf.select(cfg, key), str) and OmegaConf.select(cfg, key), key, "must be a non-empty string")
+    _number(cfg, "run.seed", 0, integer=True)
+    for key in ("run.log_every", "run.checkpoint_every", "run.keep_checkpoints", "run.max_nonfinite"):
+        _number(cfg, key, 1, integer=True)
+    _number(cfg, "run.max_steps", 0, integer=True)
+    _data_path(cfg, "data.train", required=True)
+    _data_path(cfg, "data.val", required=False)
+    _choice(cfg, "data.engine", ("dali", "ffcv", "reference"))
+    _number(cfg, "data.workers", 1, integer=True)
+    _number(cfg, "data.batch_size", 1, integer=True)
+    _number(cfg, "data.n_local", 0, integer=True)
+    _pair(cfg, "data.global_scale", 1e-6, 1.0)
+    _pair(cfg, "data.local_scale", 1e-6, 1.0)
+    model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
+    _require(isinstance(model_kwargs, dict), "model.kwargs", "must be a mapping of timm.create_model arguments")
+    patch = patch_size_of(cfg.model.arch, model_kwargs)
+    for key in ("data.global_size", "data.local_size", "eval.knn_size"):
+        size = _number(cfg, key, 1, integer=True)
+        _require(size % patch == 0, key, f"{size} px is not a multiple of the patch size {patch} of {cfg.model.arch}")
+    _number(cfg, "model.drop_path", 0.0, 1.0)
+    for key in ("model.out_dim", "model.head_hidden", "model.head_bottleneck"):
+        _number(cfg, key, 1, integer=True)
+    method = _choice(cfg, "method.name", METHODS)
+    _choice(cfg, "method.masking", MASKINGS)
+    _pair(cfg, "method.mask_ratio", 0.0, 1.0)
+    _number(cfg, "method.mask_prob", 0.0, 1.0)
+    _number(cfg, "method.hint_max", 0.0, 1.0)
+    weight = _number(cfg, "method.patch_weight", 0.0)
+    _require(method == "ibot" or weight == 0, "method.patch_weight",
+             "must be 0 for dino (DINO has no masked-patch term); use method.name=ibot for it")
+    for key in ("method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
+                "method.teacher_patch_temp", "method.warmup_teacher_patch_temp"):
+        _number(cfg, key, 0.0, lo_open=True)
+    _number(cfg, "method.warmup_teacher_temp_epochs", 0, integer=True)
+    _number(cfg, "method.center_momentum", 0.0, 1.0)
+    epochs = _number(cfg, "optim.epochs", 1, integer=True)
+    _require(_number(cfg, "optim.warmup_epochs", 0) <= epochs, "optim.warmup_epochs", f"must be <= optim.epochs ({epochs})")
+    for key in ("optim.base_lr", "optim.min_lr", "optim.weight_decay", "optim.weight_decay_end", "optim.clip_grad"):
+        _number(cfg, key, 0.0)
+    _pair(cfg, "optim.betas", 0.0, 0.999999)
+    _number(cfg, "optim.freeze_last_layer_epochs", 0, integer=True)
+    _number(cfg, "optim.momentum_teacher", 0.0, 1.0)
+    _number(cfg, "optim.momentum_teacher_end", 0.0, 1.0)
+    _choice(cfg, "distributed.backend", ("ddp", "deepspeed"))
+    _choice(cfg, "distributed.zero_stage", (1, 2, 3))
+    _choice(cfg, "distributed.precision", ("auto", "bf16", "fp32"))
+    _number(cfg, "eval.knn_every", 0, integer=True)
+    _number(cfg, "eval.knn_k", 1, integer=True)
+    _number(cfg, "eval.knn_temperature", 0.0, lo_open=True)
+    _choice(cfg, "eval.knn_engine", ("dali", "reference"))
+    for key in ("run.progress", "data.exact_resume", "model.norm_last_layer", "eval.knn_at_start"):
+        _require(isinstance(OmegaConf.select(cfg, key), bool), key, "must be true or false")

@@ -1,0 +1,362 @@
+"""The training loop behind ``accelerate launch train.py``.
+
+    trainer = Trainer(cfg)      # runtime, data, student / teacher, optimizer, schedules, resume
+    trainer.fit()               # the loop; k-NN at the start, every eval.knn_every epochs, the end
+
+The engine owns everything around the method: backward, clipping, the optimizer step, the
+schedules, the EMA teacher update, the skipping of non-finite steps, logging and checkpoints.
+Randomness: the global torch generator and the masking generator are re-seeded every step
+from (seed, step, rank), so a resumed run draws what the uninterrupted one would have.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from train import checkpoint as ckpt
+from train.config import save_config
+from train.metrics import MetricsLog
+from train.schedules import linear_warmup, warmup_cosine
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on; the message says what to change."""
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.default_rng([seed, step, rank]).integers(2**62))
+
+
+class Trainer:
+    def __init__(self, cfg):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedType
+
+        self.cfg = cfg
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise TrainingError("the accelerate config selects DeepSpeed; use a MULTI_GPU accelerate config "
+                                "(train/configs/accelerate/) and set distributed.backend=deepspeed instead")
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self.run_dir = Path(cfg.run.dir)
+        precision = cfg.distributed.precision
+        bf16 = precision == "bf16" or (precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.run.seed)
+        self._build_data()
+        self._build_model()
+        self._build_schedules()
+        self.step, self.nonfinite_run, self.nonfinite_total = 0, 0, 0
+        self.resumed_from = self._resume()
+        if self.rank == 0:
+            save_config(cfg, self.run_dir)
+        self.log = MetricsLog(self.run_dir, enabled=self.rank == 0)
+
+    # ------------------------------------------------------------------ setup
+
+    def _barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def _data_folder(self, value: str) -> str:
+        """A shards folder; embedded:* splits are converted once (rank 0) on first use."""
+        if not value.startswith("embedded:"):
+            return value
+        from data.shards.convert import convert
+        from data.shards.plan import ConvertOptions
+        from data.sources import open_source
+
+        out = Path(self.cfg.data.embedded_dir) / value.split(":", 1)[1]
+        if self.rank == 0 and not (out / "manifest.json").is_file():
+            convert(open_source(value), out, ConvertOptions(shard_size=300, workers=1), progress=False)
+        self._barrier()
+        return str(out)
+
+    def _build_data(self) -> None:
+        from data.loader import build_loader
+        from data.views import build_recipe
+
+        d = self.cfg.data
+        self.train_folder = self._data_folder(d.train)
+        self.val_folder = self._data_folder(d.val) if d.val else ""
+        recipe = build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
+                              global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale))
+        self.loader = build_loader(self.train_folder, d.engine, recipe, batch_size=d.batch_size, rank=self.rank,
+                                   world=self.world, seed=self.cfg.run.seed, device=str(self.device),
+                                   workers=d.workers, exact_resume=d.exact_resume)
+        self.iters_per_epoch = len(self.loader)
+        self.global_batch = d.batch_size * self.world
+
+    def _build_model(self) -> None:
+        from train.backends import DDPBackend, DeepSpeedBackend
+        from train.methods.ibot import IBOT, IBOTNet
+
+        m, mc, o = self.cfg.model, self.cfg.method, self.cfg.optim
+        kwargs = OmegaConf.to_container(m.kwargs, resolve=True)
+
+        def net(drop_path: float) -> IBOTNet:
+            return IBOTNet(m.arch, kwargs, drop_path, m.out_dim, m.head_hidden, m.head_bottleneck, m.norm_last_layer)
+
+        if self.cfg.distributed.backend == "deepspeed":
+            self.backend = DeepSpeedBackend(lambda: net(m.drop_path), lambda: net(0.0),
+                                            lambda s: s.last_layer_parameters(), self.cfg.distributed.zero_stage,
+                                            self.cfg.data.batch_size, o.clip_grad, o.betas,
+                                            external_of=lambda s: s.top_level_parameters())
+        else:
+            student, teacher = net(m.drop_path), net(0.0)
+            teacher.load_state_dict(student.state_dict())  # the teacher starts as an exact copy
+            teacher.requires_grad_(False)
+            student.to(self.device), teacher.to(self.device)
+            self.backend = DDPBackend(self.accelerator, student, teacher, student.last_layer_parameters(), o.betas)
+        self.backend.teacher_module.eval()  # no dropout / drop-path; never trained by gradients
+        self.method = IBOT(mc.masking, tuple(mc.mask_ratio), mc.mask_prob, mc.hint_max, mc.patch_weight,
+                           mc.student_temp, mc.center_momentum, m.out_dim).to(self.device)
+
+    def _build_schedules(self) -> None:
+        o, mc = self.cfg.optim, self.cfg.method
+        ipe, total = self.iters_per_epoch, self.iters_per_epoch * o.epochs
+        self.total_steps = min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
+        lr = o.base_lr * self.global_batch / 256  # linear scaling rule
+        self.schedules = {  # [total] per-iteration values, indexed by the global step
+            "lr": warmup_cosine(lr, o.min_lr, total, int(o.warmup_epochs * ipe)),
+            "weight_decay": warmup_cosine(o.weight_decay, o.weight_decay_end, total),
+            "momentum": warmup_cosine(o.momentum_teacher, o.momentum_teacher_end, total),
+            "teacher_temp": linear_warmup(mc.warmup_teacher_temp, mc.teacher_temp,
+                                          mc.warmup_teacher_temp_epochs * ipe, total),
+            "teacher_patch_temp": linear_warmup(mc.warmup_teacher_patch_temp, mc.teacher_patch_temp,
+                                                mc.warmup_teacher_temp_epochs * ipe, total),
+        }
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _rng_state(self) -> dict:
+        import random
+
+        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+    def save(self) -> Path:
+        b = self.backend
+        state = None
+        if self.rank == 0:
+            state = {"step": self.step, "world": self.world, "config": OmegaConf.to_container(self.cfg, resolve=True),
+                     "student": b.module.state_dict(), "teacher": b.teacher_module.state_dict(),
+                     "method": self.method.state_dict(), "backend": b.state_dict(),
+                     "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run}
+        rank_state = {"rng": self._rng_state(), "loader": self.loader.state(),
+                      "skipped": list(self.loader.stats.corrupt)}
+        if b.name == "deepspeed" and b.stage == 3:  # this rank's teacher partitions
+            rank_state["teacher_partitions"] = [t.cpu() for t in b.teacher_partitions()]
+        return ckpt.save_checkpoint(self.run_dir, self.step, self.rank, state, rank_state, self._barrier,
+                                    self.cfg.run.keep_checkpoints, extra=b.save)
+
+    def _resume(self) -> Path | None:
+        import random
+
+        path = ckpt.resolve_resume(self.run_dir, self.cfg.run.resume)
+        if path is None:
+            return None
+        state, rank_state = ckpt.load_checkpoint(path, self.rank, self.world)
+        b = self.backend
+        if b.name == "deepspeed":
+            b.load(path)
+            if b.stage == 3:
+                for t, saved in zip(b.pairs[0], rank_state["teacher_partitions"]):
+                    t.data.copy_(saved)
+            else:
+                b.teacher_module.load_state_dict(state["teacher"])
+        else:
+            b.module.load_state_dict(state["student"])
+            b.teacher_module.load_state_dict(state["teacher"])
+            b.load_state_dict(state["backend"])
+        self.method.load_state_dict(state["method"])
+        self.step = state["step"]
+        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
+        self.loader.load_state(rank_state["loader"])
+        self.loader.stats.corrupt.extend(rank_state["skipped"])
+        rng = rank_state["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return path
+
+    # ------------------------------------------------------------------ evaluation
+
+    def knn(self) -> float | None:
+        """Weighted k-NN top-1 (%) of the teacher's [CLS] on the held-out split (train = gallery)."""
+        if not self.val_folder:
+            return None
+        from data.loader import build_loader
+        from data.views import build_recipe
+        from train.knn import features, knn_top1
+
+        e = self.cfg.eval
+        recipe = build_recipe("center_crop", size=e.knn_size)
+        kw = dict(batch_size=self.cfg.data.batch_size, rank=self.rank, world=self.world, device=str(self.device),
+                  workers=self.cfg.data.workers, evaluation=True)
+        b = self.backend
+        gather = (b.deepspeed.zero.GatheredParameters(list(b.teacher_module.parameters()))
+                  if b.name == "deepspeed" and b.stage == 3 else nullcontext())
+        with gather:
+            backbone = b.teacher_module.backbone
+            train_f, train_l = features(backbone, build_loader(self.train_folder, e.knn_engine, recipe, **kw),
+                                        self.autocast_dtype)
+            test_f, test_l = features(backbone, build_loader(self.val_folder, e.knn_engine, recipe, **kw),
+                                      self.autocast_dtype)
+        return knn_top1(train_f, train_l, test_f, test_l, e.knn_k, e.knn_temperature)
+
+    # ------------------------------------------------------------------ the step
+
+    def train_step(self, views) -> dict[str, float] | None:
+        """One iteration; None when the loss was not finite on some rank (nothing updated)."""
+        i = self.step
+        sched = {k: float(v[i]) for k, v in self.schedules.items()}
+        seed = step_seed(self.cfg.run.seed, i, self.rank)
+        torch.manual_seed(seed)  # drop-path draws
+        generator = torch.Generator(self.device).manual_seed(seed)  # masks
+        epoch = i // self.iters_per_epoch
+        freeze_last = epoch < self.cfg.optim.freeze_last_layer_epochs
+        b = self.backend
+
+        # compute losses (one teacher forward, the masks, the student, the loss module)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            losses = self.method(b.student, b.teacher, views.global_views, views.local_views,
+                                 sched["teacher_temp"], sched["teacher_patch_temp"], generator)
+        loss = losses["loss"]
+        finite = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        ok = bool(finite.item())
+
+        # backward, clip, step (a non-finite step updates nothing)
+        if ok or b.name == "ddp":  # DDP's reducer expects the backward either way
+            b.backward(loss)
+        if ok:
+            b.step(sched["lr"], sched["weight_decay"], self.cfg.optim.clip_grad, freeze_last)
+            # teacher EMA update
+            b.ema(sched["momentum"])
+        b.zero_grad()
+        if not ok:
+            return None
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out.update(sched)
+        return out
+
+    def fit(self) -> dict:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        summary = {"resumed_from": str(self.resumed_from) if self.resumed_from else None}
+        if cfg.eval.knn_at_start and self.resumed_from is None:
+            summary["knn_start"] = self._log_knn("start")
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.run.progress and self.rank == 0),
+                   dynamic_ncols=True, unit="step")
+        window = {"images": 0, "wait": 0.0, "start": time.perf_counter(), "losses": []}
+        last = {}
+        while self.step < self.total_steps:
+            epoch_before = self.loader.position.epoch
+            it = iter(self.loader)
+            while self.step < self.total_steps:
+                t0 = time.perf_counter()
+                try:
+                    views = next(it)
+                except StopIteration:
+                    break
+                window["wait"] += time.perf_counter() - t0
+                out = self.train_step(views)
+                self.step += 1
+                window["images"] += views.labels.shape[0] * self.world
+                if out is None:
+                    self._nonfinite()
+                else:
+                    self.nonfinite_run = 0
+                    window["losses"].append(out)
+                    last = out
+                if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                    self._log_window(window, bar)
+                if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
+                    self.save()
+            it.close() if hasattr(it, "close") else None
+            epoch_done = self.loader.position.epoch > epoch_before
+            if epoch_done and cfg.eval.knn_every and self.loader.position.epoch % cfg.eval.knn_every == 0 \
+                    and self.step < self.total_steps:
+                self._log_knn(f"epoch {self.loader.position.epoch}")
+        bar.close()
+        self.save()
+        summary["knn_end"] = self._log_knn("end")
+        summary.update(steps=self.step, loss=last.get("loss"), nonfinite_steps=self.nonfinite_total,
+                       skipped_samples=len(self.loader.stats.corrupt))
+        self._write_skipped()
+        self.log.close()
+        return summary
+
+    # ------------------------------------------------------------------ failures and logging
+
+    def _nonfinite(self) -> None:
+        self.nonfinite_run += 1
+        self.nonfinite_total += 1
+        if self.nonfinite_run >= self.cfg.run.max_nonfinite:
+            path = self.save()
+            raise TrainingError(
+                f"{self.nonfinite_run} non-finite losses in a row (at step {self.step}); stopped with a checkpoint "
+                f"in {path}. Lower optim.base_lr, lengthen optim.warmup_epochs or lower optim.clip_grad, "
+                f"then resume (run.resume=auto)")
+
+    def _log_window(self, window: dict, bar) -> None:
+        elapsed = time.perf_counter() - window["start"]
+        row = {"step": self.step, "epoch": round(self.step / self.iters_per_epoch, 3)}
+        if window["losses"]:
+            keys = window["losses"][-1].keys()
+            mean = torch.tensor([[o[k] for k in keys] for o in window["losses"]], dtype=torch.float64).mean(0)
+            if self.world > 1:  # the mean over ranks of the window's losses
+                mean = mean.to(self.device)
+                torch.distributed.all_reduce(mean)
+                mean = mean.cpu() / self.world
+            row.update({k: float(v) for k, v in zip(keys, mean)})
+        row["images_per_s"] = window["images"] / max(elapsed, 1e-9)
+        row["data_wait_fraction"] = window["wait"] / max(elapsed, 1e-9)
+        row["nonfinite_steps"] = self.nonfinite_total
+        row["skipped_samples"] = len(self.loader.stats.corrupt)
+        if self.device.type == "cuda":
+            row["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log.write(row)
+        bar.update(self.step - bar.n)
+        if "loss" in row:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+        window.update(images=0, wait=0.0, start=time.perf_counter(), losses=[])
+
+    def _log_knn(self, when: str) -> float | None:
+        top1 = self.knn()
+        if top1 is not None:
+            self.log.write({"step": self.step, "knn_top1": top1})
+            if self.rank == 0:
+                print(f"k-NN top-1 ({when}, step {self.step}): {top1:.2f}%", flush=True)
+        return top1
+
+    def _write_skipped(self) -> None:
+        """Every skipped (corrupt) sample of this rank, one JSON line each, in the run dir."""
+        import json
+
+        if not self.loader.stats.corrupt:
+            return
+        path = self.run_dir / f"skipped_samples.rank{self.rank}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.loader.stats.corrupt))
+        if self.rank == 0:
+            print(f"skipped {len(self.loader.stats.corrupt)} corrupt samples on rank 0; listed in {path}", flush=True)
+
+
+def format_summary(summary: dict) -> str:
+    parts = [f"{k}={v:.4f}" if isinstance(v, float) and not math.isnan(v) else f"{k}={v}" for k, v in summary.items()]
+    return "done: " + ", ".join(parts)
