@@ -82,10 +82,11 @@ def deepspeed_config(stage: int, micro_batch: int, clip: float) -> dict:
 
 
 class DeepSpeedBackend:
-    """ZeRO 1 / 2 / 3 via ``deepspeed.initialize``. Under ZeRO-3 the teacher is built in the
-    same ``zero.Init`` as the student, so each of its parameters is split into the same local
-    partition; the EMA then runs on the partitions (``ds_tensor``) with no communication,
-    and the teacher's forward gathers its full parameters for the duration of the call."""
+    """ZeRO 1 / 2 / 3 via ``deepspeed.initialize``. Under ZeRO-3 the teacher (an exact copy of
+    the student) is partitioned by ``zero.Init(module=...)`` with the student's config, so
+    each of its parameters is split into the same local partition as the student's; the EMA
+    then runs on the partitions (``ds_tensor``) with no communication, and the teacher's
+    forward gathers its full parameters for the duration of the call."""
 
     name = "deepspeed"
 
@@ -95,21 +96,16 @@ class DeepSpeedBackend:
 
         self.deepspeed, self.stage = deepspeed, stage
         config = deepspeed_config(stage, micro_batch, clip)
+        student, teacher = build_student(), build_teacher()
+        teacher.load_state_dict(student.state_dict())  # the teacher starts as an exact copy
+        teacher.requires_grad_(False)
         if stage == 3:
-            with deepspeed.zero.Init(config_dict_or_path=config):
-                student = build_student()
-            with deepspeed.zero.Init(config_dict_or_path=config):
-                teacher = build_teacher()
             for p in external_of(student) if external_of else ():
                 deepspeed.zero.register_external_parameter(student, p)
-            for t, s in zip(*paired_parameters(teacher, student)):
-                t.ds_tensor.data.copy_(s.ds_tensor.data)  # identical partitions: copy locally
-        else:
-            student, teacher = build_student(), build_teacher()
-            teacher.load_state_dict(student.state_dict())
-        teacher.requires_grad_(False)
         optimizer = torch.optim.AdamW(param_groups(student, last_layer_of(student)), lr=0.0, betas=tuple(betas))
         self.student, self.optimizer, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=config)
+        if stage == 3:  # the same per-parameter split as the student's: identical local partitions
+            deepspeed.zero.Init(module=teacher, config_dict_or_path=config)
         self.module, self.teacher_module = student, teacher
         t, s = paired_parameters(teacher, student)
         self.pairs = ([p.ds_tensor for p in t], [p.ds_tensor for p in s]) if stage == 3 else (t, s)

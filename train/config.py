@@ -47,6 +47,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(f"unknown key {key}; every key is listed in {DEFAULTS}") from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"{getattr(err, 'full_key', '') or recipe}: {_first_line(err)}") from None
+    if cfg.data.val is None:  # `data.val=` on the command line: no k-NN
+        cfg.data.val = ""
     validate(cfg)
     return cfg
 
@@ -98,7 +100,8 @@ def _choice(cfg, key: str, allowed) -> str:
 
 
 def _data_path(cfg, key: str, required: bool) -> None:
-    if OmegaConf.is_missing(cfg, key):
+    parent, leaf = key.rsplit(".", 1)
+    if OmegaConf.is_missing(OmegaConf.select(cfg, parent), leaf):
         raise ConfigError(f"{key}: missing; set it to a shards folder made by tools/convert.py or to embedded:train")
     value = OmegaConf.select(cfg, key)
     _require(isinstance(value, str), key, f"must be a path, not {value!r}")

@@ -279,13 +279,16 @@ class Trainer:
                 self.step += 1
                 window["images"] += views.labels.shape[0] * self.world
                 if out is None:
-                    self._nonfinite()
+                    self.nonfinite_run += 1
+                    self.nonfinite_total += 1
                 else:
                     self.nonfinite_run = 0
                     window["losses"].append(out)
                     last = out
-                if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                if self.step % cfg.run.log_every == 0 or self.step == self.total_steps \
+                        or self.nonfinite_run >= cfg.run.max_nonfinite:
                     self._log_window(window, bar)
+                self._stop_if_nonfinite()
                 if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save()
             it.close() if hasattr(it, "close") else None
@@ -304,9 +307,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ failures and logging
 
-    def _nonfinite(self) -> None:
-        self.nonfinite_run += 1
-        self.nonfinite_total += 1
+    def _stop_if_nonfinite(self) -> None:
         if self.nonfinite_run >= self.cfg.run.max_nonfinite:
             path = self.save()
             raise TrainingError(
