@@ -15,6 +15,9 @@ def test_packages_import_from_the_root_without_pythonpath():
     assert Path(proc.stdout.strip()) == ROOT / "train" / "__init__.py"  # the package, not train.py
 
 
-def test_train_entry_point_says_what_is_not_built_yet():
-    proc = subprocess.run([sys.executable, "train.py"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 2 and "not built yet" in proc.stderr and "Traceback" not in proc.stderr
+def test_train_entry_point_rejects_bad_input_in_one_line(tmp_path):
+    for args, words in ([["optim.epochs=0"], "optim.epochs: must be >= 1"],
+                        [["--config", str(tmp_path / "none.yaml")], "no such file"],
+                        [["data.train=" + str(tmp_path)], "no manifest.json"]):
+        proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -5,14 +5,18 @@ the same run.
     python tools/profile.py model [--model NAME] [--batch B] [--masks K] [--device cuda]
     python tools/profile.py loader --data OUT [--engine dali] [--recipe multicrop] [--batch-size B]
                                    [--batches N] [--compare]
+    python tools/profile.py train --recipe ibot_attmask [--data OUT] [--compare block] [--steps N]
+                                  [key=value ...]
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
 PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
 model: the [CLS]-attention overhead of forward_full, and one batched B*K forward_visible
 against a loop of K forwards (see model/benchmark.py).
 loader: images/s, views/s and data wait per batch of a loader engine on converted shards;
---compare also runs the reference engine on the same shards (see data/loader_benchmark.py). (Loader and model profiles come with
-their issues.)
+--compare also runs the reference engine on the same shards (see data/loader_benchmark.py).
+train: one training step of a recipe: images/s, the per-phase time split, FLOPs and MFU (on a
+GPU); --compare MASKING runs the same steps with that masking interleaved and prints the
+step-time ratio (see train/benchmark.py). key=value arguments override the recipe's config.
 """
 from __future__ import annotations
 
@@ -54,7 +58,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ld.add_argument("--workers", type=int, default=2, help="DALI threads / DataLoader workers")
     ld.add_argument("--device", default="cuda" if _cuda() else "cpu")
     ld.add_argument("--compare", action="store_true", help="also run the reference engine and print the ratio")
+    t = sub.add_parser("train", help="training-step throughput and phase split of a recipe")
+    t.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="ibot_attmask")
+    t.add_argument("--data", default="embedded:train", help="shards folder (default: the embedded dataset)")
+    t.add_argument("--compare", help="another method.masking to time against (e.g. block)")
+    t.add_argument("--steps", type=int, default=10, help="timed steps (medians reported)")
+    t.add_argument("--warmup", type=int, default=2)
+    t.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=32 model.arch=vit_base_patch16_224")
     return p.parse_args(argv)
+
+
+TRAIN_RECIPES = {"ibot_attmask": "ibot_attmask_vits16.yaml", "dino_attmask": "dino_attmask_vits16.yaml",
+                 "demo": "demo.yaml"}
 
 
 def _cuda() -> bool:
@@ -69,6 +84,8 @@ def main(argv=None) -> int:
         return _model(args)
     if args.what == "loader":
         return _loader(args)
+    if args.what == "train":
+        return _train(args)
     if args.images < 10 or args.repeats < 1 or args.workers < 1 or args.large_every < 1:
         print("error: need --images >= 10, --repeats >= 1, --workers >= 1, --large-every >= 1",
               file=sys.stderr)
@@ -99,6 +116,33 @@ def _loader(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    return 0
+
+
+def _train(args) -> int:
+    import tempfile
+
+    from train.benchmark import benchmark_train
+    from train.config import CONFIGS, MASKINGS, ConfigError
+    from data.loader import LoaderError
+
+    if args.steps < 1 or args.warmup < 0:
+        print("error: need --steps >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    if args.compare and args.compare not in MASKINGS:
+        print(f"error: --compare must be one of {', '.join(MASKINGS)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as work:
+        overrides = [f"data.train={args.data}", "data.val=", f"run.dir={work}/run",
+                     f"data.embedded_dir={work}/shards"] + list(args.overrides)
+        try:
+            result = benchmark_train(str(CONFIGS / TRAIN_RECIPES[args.recipe]), overrides, args.steps,
+                                     args.warmup, args.compare)
+        except (ConfigError, LoaderError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    result["recipe"] = args.recipe
+    print(json.dumps(result, indent=1))
     return 0
 
 
