@@ -96,9 +96,13 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
 
     # 1. batches from the real loader, with the wait per batch
     waits, batches, it = [], [], iter(trainer.loader)
-    for _ in range(steps + warmup):
+    while len(batches) < steps + warmup:
         t0 = time.perf_counter()
-        batches.append(next(it))
+        try:
+            batches.append(next(it))
+        except StopIteration:  # a small dataset: go on into the next epoch
+            it = iter(trainer.loader)
+            continue
         waits.append(time.perf_counter() - t0)
     del it
 

@@ -167,6 +167,7 @@ class Trainer:
         if path is None:
             return None
         state, rank_state = ckpt.load_checkpoint(path, self.rank, self.world)
+        self._check_same_model(path, state["config"])
         b = self.backend
         if b.name == "deepspeed":
             b.load(path)
@@ -191,6 +192,16 @@ class Trainer:
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         return path
+
+    def _check_same_model(self, path: Path, saved: dict) -> None:
+        """A checkpoint of another model or method cannot be resumed: say which keys differ."""
+        now = OmegaConf.to_container(self.cfg, resolve=True)
+        keys = [f"{section}.{k}" for section in ("model", "method") for k in now[section]
+                if section == "model" or k in ("name", "patch_weight")]
+        diff = [f"{k} {_get(saved, k)!r} -> {_get(now, k)!r}" for k in keys if _get(saved, k) != _get(now, k)]
+        if diff:
+            raise ckpt.CheckpointError(f"{path} was trained with another model ({'; '.join(diff)}); "
+                                       f"use a new run.dir or run.resume=never")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -357,6 +368,12 @@ class Trainer:
         path.write_text("".join(json.dumps(r) + "\n" for r in self.loader.stats.corrupt))
         if self.rank == 0:
             print(f"skipped {len(self.loader.stats.corrupt)} corrupt samples on rank 0; listed in {path}", flush=True)
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def format_summary(summary: dict) -> str:

@@ -74,3 +74,13 @@ def test_knn_is_logged_at_start_and_end(tiny, embedded_dir):
     summary = Trainer(cfg).fit()
     assert 0 <= summary["knn_start"] <= 100 and 0 <= summary["knn_end"] <= 100
     assert [r["step"] for r in read_metrics(cfg.run.dir) if "knn_top1" in r] == [0, 1]
+
+
+def test_resuming_a_checkpoint_of_another_model_is_a_clear_error(tiny):
+    from train.checkpoint import CheckpointError
+
+    Trainer(load_config(None, tiny + ["run.max_steps=1"])).fit()
+    with pytest.raises(CheckpointError, match=r"another model \(model.out_dim 64 -> 32\).*run.resume=never"):
+        Trainer(load_config(None, tiny + ["run.max_steps=2", "model.out_dim=32"]))
+    resumed = Trainer(load_config(None, tiny + ["run.max_steps=2"]))  # same model: resumes
+    assert resumed.step == 1
