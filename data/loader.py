@@ -140,13 +140,16 @@ class Loader:
                               device_id=(self.device.index or 0) if gpu else None,
                               seed=int(np.random.default_rng([self.seed, epoch, start, self.rank]).integers(2**31)))
         pipe.build()
+        seen = 0  # feed.corrupt entries already in the stats (the feed may run ahead by the prefetch depth)
         try:
             for _ in range(feed.num_batches(epoch) - start):
                 outs = pipe.run()
+                self.stats.corrupt.extend(feed.corrupt[seen:])
+                seen = len(feed.corrupt)
                 tensors = [self._to_torch(o) for o in outs]
                 yield self._group(tensors[:-1]), tensors[-1]
         finally:
-            self.stats.corrupt.extend(feed.corrupt)
+            self.stats.corrupt.extend(feed.corrupt[seen:])
             del pipe
 
     def _to_torch(self, tensor_list) -> torch.Tensor:

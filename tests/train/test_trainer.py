@@ -84,3 +84,29 @@ def test_resuming_a_checkpoint_of_another_model_is_a_clear_error(tiny):
         Trainer(load_config(None, tiny + ["run.max_steps=2", "model.out_dim=32"]))
     resumed = Trainer(load_config(None, tiny + ["run.max_steps=2"]))  # same model: resumes
     assert resumed.step == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI mixed decoding, bf16 autocast)")
+def test_a_few_bf16_steps_on_cuda(tiny):
+    trainer = Trainer(load_config(None, tiny + ["run.max_steps=3"]))
+    assert trainer.device.type == "cuda" and trainer.autocast_dtype == torch.bfloat16
+    summary = trainer.fit()
+    assert summary["steps"] == 3 and math.isfinite(summary["loss"])
+    assert any("gpu_memory_gb" in r for r in read_metrics(trainer.run_dir))
+
+
+def test_a_corrupt_sample_is_skipped_counted_and_listed(tiny, embedded_dir, corrupt_copy):
+    import json
+
+    from data.sampler import rank_order
+
+    cfg = load_config(None, tiny + ["run.max_steps=2"])
+    first = rank_order([300] * 4, cfg.run.seed, 0, 0, 1, cfg.data.batch_size)[:cfg.data.batch_size]
+    folder, key, shard = corrupt_copy(embedded_dir / "train", int(first[3]))  # in the first batch
+    trainer = Trainer(load_config(None, tiny + ["run.max_steps=2", f"data.train={folder}"]))
+    summary = trainer.fit()
+    assert summary["skipped_samples"] == 1 and summary["steps"] == 2
+    assert [r["skipped_samples"] for r in read_metrics(trainer.run_dir) if "loss" in r] == [1, 1]
+    listed = [json.loads(line) for line in (trainer.run_dir / "skipped_samples.rank0.jsonl").read_text().splitlines()]
+    assert [(r["shard"], r["key"]) for r in listed] == [(shard, key)]
