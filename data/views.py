@@ -127,10 +127,11 @@ def multicrop(global_size: int = 224, local_size: int = 96, n_local: int = 10,
               global_scale: tuple[float, float] = (0.25, 1.0),
               local_scale: tuple[float, float] = (0.05, 0.25),
               jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1),
-              grayscale_p: float = 0.2) -> Recipe:
+              grayscale_p: float = 0.2, blur_sigma: tuple[float, float] = (0.1, 2.0)) -> Recipe:
     """iBOT / AttMask defaults (s = 0.25, M = 10); DINO: global_scale (0.4, 1), n_local 8.
-    jitter (brightness, contrast, saturation, hue) and grayscale_p: the DINO/iBOT values."""
-    base = Color(jitter=tuple(jitter), grayscale_p=grayscale_p)
+    jitter (brightness, contrast, saturation, hue), grayscale_p and blur_sigma (px): the
+    DINO/iBOT values, chosen for 224-px crops."""
+    base = Color(jitter=tuple(jitter), grayscale_p=grayscale_p, blur_sigma=tuple(blur_sigma))
     g = Crop("rrc", global_size, global_scale)
     views = (ViewSpec("global_0", "global", g, replace(base, blur_p=1.0)),
              ViewSpec("global_1", "global", g, replace(base, blur_p=0.1, solarize_p=0.2)))

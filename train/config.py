@@ -151,6 +151,7 @@ def validate(cfg: DictConfig) -> None:
     _require(isinstance(jitter, (list, ListConfig)) and len(jitter) == 4 and all(isinstance(v, (int, float)) and v >= 0 for v in jitter)
              and jitter[3] <= 0.5, "data.jitter", f"must be [brightness, contrast, saturation, hue] >= 0 with hue <= 0.5, not {jitter!r}")
     _number(cfg, "data.grayscale_p", 0.0, 1.0)
+    _pair(cfg, "data.blur_sigma", 1e-3, 100.0)
     model_kwargs = OmegaConf.to_container(cfg.model.kwargs, resolve=True)
     _require(isinstance(model_kwargs, dict), "model.kwargs", "must be a mapping of timm.create_model arguments")
     patch = patch_size_of(cfg.model.arch, model_kwargs)

@@ -90,7 +90,7 @@ class Trainer:
         self.val_folder = self._data_folder(d.val) if d.val else ""
         recipe = build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
                               global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
-                              jitter=tuple(d.jitter), grayscale_p=d.grayscale_p)
+                              jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
         self.loader = build_loader(self.train_folder, d.engine, recipe, batch_size=d.batch_size, rank=self.rank,
                                    world=self.world, seed=self.cfg.run.seed, device=str(self.device),
                                    workers=d.workers, exact_resume=d.exact_resume)
