@@ -15,16 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dot-overrides, e.g. optim.epochs=300 data.batch_size=64")
     args = parser.parse_args(argv)
 
+    from data.loader import LoaderError
+    from data.sampler import SamplerError
+    from data.shards.manifest import ManifestError
+    from data.shards.samples import SampleError
     from train.checkpoint import CheckpointError
     from train.config import ConfigError, load_config
-    from data.loader import LoaderError
 
     try:
         cfg = load_config(args.config, args.overrides)
         from train.engine import Trainer, TrainingError, format_summary
 
         summary = Trainer(cfg).fit()
-    except (ConfigError, CheckpointError, LoaderError) as err:
+    except (ConfigError, CheckpointError, LoaderError, SamplerError, ManifestError, SampleError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2
     except TrainingError as err:

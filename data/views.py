@@ -103,7 +103,8 @@ EVAL_RESIZE = 256 / 224  # k-NN / linear-probe transform: Resize(256) + CenterCr
 
 def _check_crop(where: str, c: Crop) -> None:
     _require(c.kind in CROP_KINDS, f"{where}.kind must be one of {', '.join(CROP_KINDS)}, not {c.kind!r}")
-    _require(c.size > 0 and c.size % 16 == 0, f"{where}.size must be a positive multiple of 16 (the patch size), not {c.size}")
+    # a multiple of the model's patch size: checked by the trainer's config, which knows the model
+    _require(isinstance(c.size, int) and c.size > 0, f"{where}.size must be a positive number of px, not {c.size}")
     _require(0 < c.scale[0] <= c.scale[1] <= 1, f"{where}.scale must satisfy 0 < min <= max <= 1, not {c.scale}")
     _require(0 < c.ratio[0] <= c.ratio[1], f"{where}.ratio must satisfy 0 < min <= max, not {c.ratio}")
     _require(c.padding >= 0, f"{where}.padding must be >= 0")

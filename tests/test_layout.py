@@ -18,6 +18,8 @@ def test_packages_import_from_the_root_without_pythonpath():
 def test_train_entry_point_rejects_bad_input_in_one_line(tmp_path):
     for args, words in ([["optim.epochs=0"], "optim.epochs: must be >= 1"],
                         [["--config", str(tmp_path / "none.yaml")], "no such file"],
-                        [["data.train=" + str(tmp_path)], "no manifest.json"]):
+                        [["data.train=" + str(tmp_path)], "no manifest.json"],
+                        [["data.local_size=0"], "data.local_size"],
+                        [["data.batch_size=5000", f"run.dir={tmp_path / 'run'}", f"data.embedded_dir={tmp_path / 'shards'}", "data.val="], "no full batch of 5000"]):
         proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

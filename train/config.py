@@ -131,6 +131,19 @@ def patch_size_of(arch: str, kwargs: dict) -> int:
     return int(vit.patch_embed.patch_size[0])
 
 
+def _check_views(cfg: DictConfig) -> None:
+    """The multi-crop recipe the data keys describe, built once (its own checks, as one line)."""
+    from data.views import RecipeError, build_recipe
+
+    d = cfg.data
+    try:
+        build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
+                     global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
+                     jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
+    except RecipeError as err:
+        raise ConfigError(f"data: {err}") from None
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first impossible value (before any data or model work)."""
     for key in ("run.dir", "run.resume"):
@@ -158,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.global_size", "data.local_size", "eval.knn_size"):
         size = _number(cfg, key, 1, integer=True)
         _require(size % patch == 0, key, f"{size} px is not a multiple of the patch size {patch} of {cfg.model.arch}")
+    _check_views(cfg)
     _number(cfg, "model.drop_path", 0.0, 1.0)
     for key in ("model.out_dim", "model.head_hidden", "model.head_bottleneck"):
         _number(cfg, key, 1, integer=True)

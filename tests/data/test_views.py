@@ -33,7 +33,7 @@ def test_recipe_defaults_follow_the_papers():
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda: build_recipe("multicrop", local_size=100), "multiple of 16"),
+    (lambda: build_recipe("multicrop", local_size=0), "positive number of px"),
     (lambda: build_recipe("multicrop", global_scale=(0.5, 0.2)), "scale"),
     (lambda: build_recipe("nope"), "unknown recipe"),
     (lambda: build_recipe("single_rrc", sizes=3), "recipe single_rrc"),
