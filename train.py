@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         from train.engine import Trainer, TrainingError, format_summary
 
-        summary = Trainer(cfg).fit()
+        trainer = Trainer(cfg)
+        try:
+            summary = trainer.fit()
+        finally:
+            trainer.close()
     except (ConfigError, CheckpointError, LoaderError, SamplerError, ManifestError, SampleError) as err:
         print(f"train.py: error: {err}", file=sys.stderr)
         return 2

@@ -314,8 +314,16 @@ class Trainer:
         summary.update(steps=self.step, loss=last.get("loss"), nonfinite_steps=self.nonfinite_total,
                        skipped_samples=len(self.loader.stats.corrupt))
         self._write_skipped()
-        self.log.close()
+        self.close()
         return summary
+
+    def close(self) -> None:
+        """Flush the logs and leave the process group together (a rank exiting while its
+        peers still hold gloo / NCCL connections can abort them)."""
+        self.log.close()
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            self._barrier()
+            torch.distributed.destroy_process_group()
 
     # ------------------------------------------------------------------ failures and logging
 

@@ -33,7 +33,7 @@ class MetricsLog:
                 self._tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self._file.closed:
             self._file.close()
             self._tb.close()
 

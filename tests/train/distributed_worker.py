@@ -49,6 +49,7 @@ def main() -> None:
         teacher = {k: v.detach().clone() for k, v in b.teacher_module.state_dict().items()}
     if trainer.rank == 0:
         torch.save({"losses": losses, "teacher": teacher, "center": trainer.method.loss.center.clone()}, out)
+    trainer.close()  # every rank leaves the process group together
 
 
 if __name__ == "__main__":

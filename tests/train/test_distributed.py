@@ -32,7 +32,7 @@ def _torchrun(nproc: int, out: Path, overrides: list[str], steps: int = 3) -> di
 def _errors(stderr: str) -> str:
     """The ranks' own error lines (torchrun's summary alone says only 'failed')."""
     lines = [line for line in stderr.splitlines() if "rank0]" in line or "Error" in line]
-    return "\n".join(lines[-40:]) or stderr[-3000:]
+    return "\n".join(lines[-40:]) + "\n--- last lines ---\n" + "\n".join(stderr.splitlines()[-60:])
 
 
 def _same(a: dict, b: dict, atol: float) -> None:
