@@ -131,15 +131,21 @@ def patch_size_of(arch: str, kwargs: dict) -> int:
     return int(vit.patch_embed.patch_size[0])
 
 
-def _check_views(cfg: DictConfig) -> None:
-    """The multi-crop recipe the data keys describe, built once (its own checks, as one line)."""
-    from data.views import RecipeError, build_recipe
+def multicrop_recipe(d: DictConfig):
+    """The multi-crop view recipe that the ``data`` keys describe."""
+    from data.views import build_recipe
 
-    d = cfg.data
+    return build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
+                        global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
+                        jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
+
+
+def _check_views(cfg: DictConfig) -> None:
+    """The recipe built once here, so that its own checks come out as one line."""
+    from data.views import RecipeError
+
     try:
-        build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
-                     global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
-                     jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
+        multicrop_recipe(cfg.data)
     except RecipeError as err:
         raise ConfigError(f"data: {err}") from None
 

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from train import checkpoint as ckpt
-from train.config import save_config
+from train.config import multicrop_recipe, save_config
 from train.metrics import MetricsLog
 from train.schedules import linear_warmup, warmup_cosine
 
@@ -83,14 +83,11 @@ class Trainer:
 
     def _build_data(self) -> None:
         from data.loader import build_loader
-        from data.views import build_recipe
 
         d = self.cfg.data
         self.train_folder = self._data_folder(d.train)
         self.val_folder = self._data_folder(d.val) if d.val else ""
-        recipe = build_recipe("multicrop", global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
-                              global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale),
-                              jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
+        recipe = multicrop_recipe(d)
         self.loader = build_loader(self.train_folder, d.engine, recipe, batch_size=d.batch_size, rank=self.rank,
                                    world=self.world, seed=self.cfg.run.seed, device=str(self.device),
                                    workers=d.workers, exact_resume=d.exact_resume)
@@ -262,7 +259,8 @@ class Trainer:
         b.zero_grad()
         if not ok:
             return None
-        out = {k: float(v.detach()) for k, v in losses.items()}
+        values = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one device sync
+        out = dict(zip(losses, values))
         out.update(sched)
         return out
 

@@ -39,7 +39,7 @@ def test_impossible_values_are_one_line_errors_naming_the_key(tiny, override, ke
     with pytest.raises(ConfigError) as err:
         load_config(None, tiny + [override])
     message = str(err.value)
-    assert "\n" not in message and message.startswith(key) or key in message.split(":")[0]
+    assert "\n" not in message and key in message.split(":")[0]
     assert words in message
 
 
