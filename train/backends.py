@@ -142,6 +142,3 @@ class DeepSpeedBackend:
     def load(self, path: Path) -> None:
         self.student.load_checkpoint(str(path), tag="deepspeed", load_optimizer_states=True,
                                      load_lr_scheduler_states=False)
-
-    def teacher_partitions(self) -> list[torch.Tensor]:
-        return [t.detach().clone() for t in self.pairs[0]]

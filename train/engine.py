@@ -153,7 +153,7 @@ class Trainer:
         rank_state = {"rng": self._rng_state(), "loader": self.loader.state(),
                       "skipped": list(self.loader.stats.corrupt)}
         if b.name == "deepspeed" and b.stage == 3:  # this rank's teacher partitions
-            rank_state["teacher_partitions"] = [t.cpu() for t in b.teacher_partitions()]
+            rank_state["teacher_partitions"] = [t.detach().cpu() for t in b.pairs[0]]
         return ckpt.save_checkpoint(self.run_dir, self.step, self.rank, state, rank_state, self._barrier,
                                     self.cfg.run.keep_checkpoints, extra=b.save)
 
@@ -301,7 +301,7 @@ class Trainer:
                 self._stop_if_nonfinite()
                 if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
                     self.save()
-            it.close() if hasattr(it, "close") else None
+            it.close()  # the loader's generator: shuts its pipeline down now, not at garbage collection
             epoch_done = self.loader.position.epoch > epoch_before
             if epoch_done and cfg.eval.knn_every and self.loader.position.epoch % cfg.eval.knn_every == 0 \
                     and self.step < self.total_steps:

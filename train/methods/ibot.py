@@ -182,15 +182,14 @@ class IBOT(nn.Module):
         g, b = len(global_crops), global_crops[0].shape[0]
         patch = student_patch_size(student)
         grid = (global_crops[0].shape[-2] // patch, global_crops[0].shape[-1] // patch)
-        masks = self.masks(t.get("attention"), g * b, grid, generator, global_crops[0].device)
-        # 3. the student on the masked globals and the locals
-        s = student(global_crops, local_crops, masks=masks if masks is not None else
-                    torch.zeros(g * b, grid[0] * grid[1], dtype=torch.bool, device=global_crops[0].device),
-                    patches=patches)
-        # 4. the loss
         n = grid[0] * grid[1]
-        mask_views = (masks if masks is not None else torch.zeros(g * b, n, dtype=torch.bool,
-                                                                  device=global_crops[0].device)).reshape(g, b, n)
+        masks = self.masks(t.get("attention"), g * b, grid, generator, global_crops[0].device)
+        if masks is None:  # masking "none": the student still takes the mask-token path, nothing masked
+            masks = torch.zeros(g * b, n, dtype=torch.bool, device=global_crops[0].device)  # [G*B, N]
+        # 3. the student on the masked globals and the locals
+        s = student(global_crops, local_crops, masks=masks, patches=patches)
+        # 4. the loss
+        mask_views = masks.reshape(g, b, n)                                               # [G, B, N]
         out = self.loss(s["cls"], s.get("patch"), t["cls"], t.get("patch"), mask_views, teacher_temp, teacher_patch_temp)
         out["mask_ratio"] = mask_views.float().mean().detach()
         return out
