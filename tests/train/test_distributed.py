@@ -77,3 +77,26 @@ def test_accelerate_launch_two_processes_trains_and_logs(tiny, tmp_path):
     assert "done: " in proc.stdout and "steps=2" in proc.stdout
     rows = [r for r in read_metrics(tmp_path / "run") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2]
+
+
+def test_zero3_checkpoint_resumes_to_the_losses_of_a_straight_run(tiny, tmp_path):
+    """Student/optimizer through DeepSpeed's own files, teacher through each rank's partitions."""
+    def launch(run_dir, steps):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+               *tiny, *EXACT, "data.batch_size=8", f"run.dir={run_dir}", f"run.max_steps={steps}",
+               "distributed.backend=deepspeed", "distributed.zero_stage=3"]
+        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, _errors(proc.stderr)
+        return proc.stdout
+
+    launch(tmp_path / "straight", 4)
+    launch(tmp_path / "split", 2)
+    resumed = launch(tmp_path / "split", 4)
+    assert "resumed_from=" in resumed and "step_000000002" in resumed
+
+    def losses(run_dir):
+        return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
+    for step in (3, 4):
+        assert abs(straight[step] - split[step]) <= 1e-5 * abs(straight[step]), (step, straight, split)
