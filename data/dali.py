@@ -69,6 +69,8 @@ def _coin(p: float):
 
 
 def _uniform(lo: float, hi: float):
+    if hi <= lo:  # an empty range (e.g. jitter 0: that colour op off); DALI rejects [0, 0)
+        return float(lo)
     return fn.random.uniform(range=[lo, hi])
 
 

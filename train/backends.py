@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from train.ema import ema_update, paired_parameters
+from train.ema import copy_into_teacher, ema_update, paired_parameters
 from train.optim import apply_schedules, clip_per_parameter, param_groups
 
 DS_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
@@ -41,7 +41,7 @@ class DDPBackend:
         self.pairs = paired_parameters(teacher, student)
 
     def teacher(self, *args, **kwargs):
-        return self.teacher_module(*args, **kwargs)
+        return self.teacher_module.teach(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -97,7 +97,7 @@ class DeepSpeedBackend:
         self.deepspeed, self.stage = deepspeed, stage
         config = deepspeed_config(stage, micro_batch, clip)
         student, teacher = build_student(), build_teacher()
-        teacher.load_state_dict(student.state_dict())  # the teacher starts as an exact copy
+        copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
         teacher.requires_grad_(False)
         if stage == 3:
             for p in external_of(student) if external_of else ():
@@ -112,9 +112,9 @@ class DeepSpeedBackend:
 
     def teacher(self, *args, **kwargs):
         if self.stage != 3:
-            return self.teacher_module(*args, **kwargs)
+            return self.teacher_module.teach(*args, **kwargs)
         with self.deepspeed.zero.GatheredParameters(list(self.teacher_module.parameters())):
-            return self.teacher_module(*args, **kwargs)
+            return self.teacher_module.teach(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         self.student.backward(loss)

@@ -18,7 +18,7 @@ DEFAULTS = CONFIGS / "default.yaml"
 DEMO = CONFIGS / "demo.yaml"
 EMBEDDED = ("embedded:train", "embedded:val")
 MASKINGS = ("attmask_high", "attmask_low", "attmask_hint", "block", "random", "none")
-METHODS = ("ibot", "dino")
+METHODS = ("ibot", "dino", "extrema")
 
 
 class ConfigError(ValueError):
@@ -140,12 +140,22 @@ def multicrop_recipe(d: DictConfig):
                         jitter=tuple(d.jitter), grayscale_p=d.grayscale_p, blur_sigma=tuple(d.blur_sigma))
 
 
+def view_recipe(cfg: DictConfig):
+    """The views the method trains on: multi-crop (iBOT, DINO) or one crop with two
+    colourings (ExtreMA: view 1 for the student, view 2 for the teacher)."""
+    if cfg.method.name == "extrema":
+        from data.views import build_recipe
+
+        return build_recipe("shared_crop_two_colors", size=cfg.data.global_size, scale=tuple(cfg.data.global_scale))
+    return multicrop_recipe(cfg.data)
+
+
 def _check_views(cfg: DictConfig) -> None:
     """The recipe built once here, so that its own checks come out as one line."""
     from data.views import RecipeError
 
     try:
-        multicrop_recipe(cfg.data)
+        view_recipe(cfg)
     except RecipeError as err:
         raise ConfigError(f"data: {err}") from None
 
@@ -187,8 +197,10 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "method.mask_prob", 0.0, 1.0)
     _number(cfg, "method.hint_max", 0.0, 1.0)
     weight = _number(cfg, "method.patch_weight", 0.0)
-    _require(method == "ibot" or weight == 0, "method.patch_weight",
+    _require(method != "dino" or weight == 0, "method.patch_weight",
              "must be 0 for dino (DINO has no masked-patch term); use method.name=ibot for it")
+    if method == "extrema":
+        _check_extrema(cfg, patch)
     for key in ("method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
                 "method.teacher_patch_temp", "method.warmup_teacher_patch_temp"):
         _number(cfg, key, 0.0, lo_open=True)
@@ -209,5 +221,28 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eval.knn_k", 1, integer=True)
     _number(cfg, "eval.knn_temperature", 0.0, lo_open=True)
     _choice(cfg, "eval.knn_engine", ("dali", "reference"))
-    for key in ("run.progress", "data.exact_resume", "model.norm_last_layer", "eval.knn_at_start"):
+    _choice(cfg, "train.student_passes", ("batched", "loop"))
+    for key in ("run.progress", "data.exact_resume", "model.norm_last_layer", "eval.knn_at_start",
+                "method.disjoint", "train.cuda_graphs"):
         _require(isinstance(OmegaConf.select(cfg, key), bool), key, "must be true or false")
+
+
+def _check_extrema(cfg: DictConfig, patch: int) -> None:
+    """ExtreMA: one mask ratio (static shapes), K keep-sets that fit the token grid."""
+    from train.methods.extrema import LOSSES, keep_count
+
+    lo, hi = _pair(cfg, "method.mask_ratio", 0.0, 1.0)
+    _require(lo == hi, "method.mask_ratio", f"extrema keeps one ratio for every step (static shapes): "
+                                            f"use [r, r], e.g. [0.8, 0.8], not {[lo, hi]}")
+    _require(lo < 1.0, "method.mask_ratio", "extrema needs r < 1 (the student must keep a token)")
+    k = _number(cfg, "method.n_masks", 1, integer=True)
+    _choice(cfg, "method.loss", LOSSES)
+    _number(cfg, "method.infonce_temp", 0.0, lo_open=True)
+    for key in ("model.pool_depth", "model.proj_hidden", "model.proj_dim", "model.pred_hidden"):
+        _number(cfg, key, 1, integer=True)
+    n = (cfg.data.global_size // patch) ** 2
+    n_keep = keep_count(n, lo)
+    if OmegaConf.select(cfg, "method.disjoint") is True:
+        _require(k * n_keep <= n, "method.n_masks",
+                 f"{k} disjoint masks keeping {n_keep} of {n} tokens each need {k * n_keep} tokens; "
+                 f"lower method.n_masks, raise method.mask_ratio or set method.disjoint=false")

@@ -22,6 +22,13 @@ def paired_parameters(teacher: nn.Module, student: nn.Module) -> tuple[list[torc
 
 
 @torch.no_grad()
+def copy_into_teacher(teacher: nn.Module, student: nn.Module) -> None:
+    """The teacher starts as an exact copy of the student (of the parts it has)."""
+    state = student.state_dict()
+    teacher.load_state_dict({k: state[k] for k in teacher.state_dict()})
+
+
+@torch.no_grad()
 def ema_update(teacher_params: list[torch.Tensor], student_params: list[torch.Tensor], momentum: float) -> None:
     torch._foreach_mul_(teacher_params, momentum)
     torch._foreach_add_(teacher_params, [p.detach() for p in student_params], alpha=1.0 - momentum)

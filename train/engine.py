@@ -20,7 +20,9 @@ import torch
 from omegaconf import OmegaConf
 
 from train import checkpoint as ckpt
-from train.config import multicrop_recipe, save_config
+from train.config import save_config, view_recipe
+from train.methods import build_method
+from train.methods.passes import shared_step
 from train.metrics import MetricsLog
 from train.schedules import linear_warmup, warmup_cosine
 
@@ -87,7 +89,7 @@ class Trainer:
         d = self.cfg.data
         self.train_folder = self._data_folder(d.train)
         self.val_folder = self._data_folder(d.val) if d.val else ""
-        recipe = multicrop_recipe(d)
+        recipe = view_recipe(self.cfg)
         self.loader = build_loader(self.train_folder, d.engine, recipe, batch_size=d.batch_size, rank=self.rank,
                                    world=self.world, seed=self.cfg.run.seed, device=str(self.device),
                                    workers=d.workers, exact_resume=d.exact_resume)
@@ -96,28 +98,33 @@ class Trainer:
 
     def _build_model(self) -> None:
         from train.backends import DDPBackend, DeepSpeedBackend
-        from train.methods.ibot import IBOT, IBOTNet
+        from train.ema import copy_into_teacher
 
-        m, mc, o = self.cfg.model, self.cfg.method, self.cfg.optim
-        kwargs = OmegaConf.to_container(m.kwargs, resolve=True)
-
-        def net(drop_path: float) -> IBOTNet:
-            return IBOTNet(m.arch, kwargs, drop_path, m.out_dim, m.head_hidden, m.head_bottleneck, m.norm_last_layer)
-
+        o = self.cfg.optim
+        build_student, build_teacher, self.method = build_method(self.cfg)
+        self.method.to(self.device)
         if self.cfg.distributed.backend == "deepspeed":
-            self.backend = DeepSpeedBackend(lambda: net(m.drop_path), lambda: net(0.0),
-                                            lambda s: s.last_layer_parameters(), self.cfg.distributed.zero_stage,
-                                            self.cfg.data.batch_size, o.clip_grad, o.betas,
-                                            external_of=lambda s: s.top_level_parameters())
+            self.backend = DeepSpeedBackend(build_student, build_teacher, lambda s: s.last_layer_parameters(),
+                                            self.cfg.distributed.zero_stage, self.cfg.data.batch_size,
+                                            o.clip_grad, o.betas, external_of=lambda s: s.top_level_parameters())
         else:
-            student, teacher = net(m.drop_path), net(0.0)
-            teacher.load_state_dict(student.state_dict())  # the teacher starts as an exact copy
+            student, teacher = build_student(), build_teacher()
+            copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
             teacher.requires_grad_(False)
             student.to(self.device), teacher.to(self.device)
             self.backend = DDPBackend(self.accelerator, student, teacher, student.last_layer_parameters(), o.betas)
         self.backend.teacher_module.eval()  # no dropout / drop-path; never trained by gradients
-        self.method = IBOT(mc.masking, tuple(mc.mask_ratio), mc.mask_prob, mc.hint_max, mc.patch_weight,
-                           mc.student_temp, mc.center_momentum, m.out_dim).to(self.device)
+        self.student_runner = self.backend.student
+        self.cuda_graphs = bool(self.cfg.train.cuda_graphs)
+        if self.cuda_graphs:
+            from train.config import ConfigError
+            from train.graphs import GraphedStudent, GraphsUnsupported, check_supported
+
+            try:
+                check_supported(self.device, self.backend.name, self.world)
+            except GraphsUnsupported as err:
+                raise ConfigError(str(err)) from None
+            self.student_runner = GraphedStudent(self.backend.module)
 
     def _build_schedules(self) -> None:
         o, mc = self.cfg.optim, self.cfg.method
@@ -128,11 +135,12 @@ class Trainer:
             "lr": warmup_cosine(lr, o.min_lr, total, int(o.warmup_epochs * ipe)),
             "weight_decay": warmup_cosine(o.weight_decay, o.weight_decay_end, total),
             "momentum": warmup_cosine(o.momentum_teacher, o.momentum_teacher_end, total),
-            "teacher_temp": linear_warmup(mc.warmup_teacher_temp, mc.teacher_temp,
-                                          mc.warmup_teacher_temp_epochs * ipe, total),
-            "teacher_patch_temp": linear_warmup(mc.warmup_teacher_patch_temp, mc.teacher_patch_temp,
-                                                mc.warmup_teacher_temp_epochs * ipe, total),
         }
+        if "teacher_temp" in self.method.schedules:  # iBOT / DINO
+            self.schedules["teacher_temp"] = linear_warmup(mc.warmup_teacher_temp, mc.teacher_temp,
+                                                           mc.warmup_teacher_temp_epochs * ipe, total)
+            self.schedules["teacher_patch_temp"] = linear_warmup(mc.warmup_teacher_patch_temp, mc.teacher_patch_temp,
+                                                                 mc.warmup_teacher_temp_epochs * ipe, total)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -203,7 +211,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
 
     def knn(self) -> float | None:
-        """Weighted k-NN top-1 (%) of the teacher's [CLS] on the held-out split (train = gallery)."""
+        """Weighted k-NN top-1 (%) of the teacher's features ([CLS]) on the held-out split (train = gallery)."""
         if not self.val_folder:
             return None
         from data.loader import build_loader
@@ -218,10 +226,10 @@ class Trainer:
         gather = (b.deepspeed.zero.GatheredParameters(list(b.teacher_module.parameters()))
                   if b.name == "deepspeed" and b.stage == 3 else nullcontext())
         with gather:
-            backbone = b.teacher_module.backbone
-            train_f, train_l = features(backbone, build_loader(self.train_folder, e.knn_engine, recipe, **kw),
+            encode = b.teacher_module.features
+            train_f, train_l = features(encode, build_loader(self.train_folder, e.knn_engine, recipe, **kw),
                                         self.autocast_dtype)
-            test_f, test_l = features(backbone, build_loader(self.val_folder, e.knn_engine, recipe, **kw),
+            test_f, test_l = features(encode, build_loader(self.val_folder, e.knn_engine, recipe, **kw),
                                       self.autocast_dtype)
         return knn_top1(train_f, train_l, test_f, test_l, e.knn_k, e.knn_temperature)
 
@@ -240,9 +248,9 @@ class Trainer:
 
         # compute losses (one teacher forward, the masks, the student, the loss module)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            losses = self.method(b.student, b.teacher, views.global_views, views.local_views,
-                                 sched["teacher_temp"], sched["teacher_patch_temp"], generator)
+                            enabled=self.autocast_dtype is not None, cache_enabled=not self.cuda_graphs):
+            losses = shared_step(self.method, self.student_runner, b.teacher, views, sched, generator,
+                                 self.cfg.train.student_passes)
         loss = losses["loss"]
         finite = torch.isfinite(loss.detach()).float()
         if self.world > 1:

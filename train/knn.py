@@ -1,6 +1,6 @@
 """Weighted k-NN evaluation of frozen features (DINO's protocol; RECIPES.md, shared blocks).
 
-    features(backbone, loader)  -> L2-normalised [CLS] features [n, D], labels [n], every
+    features(encode, loader)    -> L2-normalised features [n, D], labels [n], every
                                    sample once (gathered over ranks, padding repeats dropped)
     knn_top1(train_f, train_l, test_f, test_l, k, T, num_classes) -> top-1 accuracy in %
 
@@ -14,16 +14,15 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def features(backbone: torch.nn.Module, loader, autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every sample's last-layer [CLS] feature, ordered by sample id, on every rank."""
-    from model.vit import forward_full
-
+def features(encode, loader, autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every sample's feature ``encode(images) -> [B, D]`` (a net's last-layer [CLS]), L2-normalised,
+    ordered by sample id, on every rank."""
     feats, labels, ids = [], [], []
-    device = next(backbone.parameters()).device
     for views in loader:
         images = views.global_views[0]
+        device = images.device
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            cls = forward_full(backbone, images)[:, 0]
+            cls = encode(images)
         feats.append(F.normalize(cls.float(), dim=-1))
         labels.append(views.labels.to(device))
         ids.append(views.ids.to(device))

@@ -22,6 +22,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from train.methods.passes import PassRunner, StudentPass
+
 
 class IBOTLoss(nn.Module):
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
@@ -74,15 +76,19 @@ class IBOTLoss(nn.Module):
 
 # ---------------------------------------------------------------------------------- networks
 
-class IBOTNet(nn.Module):
+class IBOTNet(PassRunner):
     """A timm ViT, a learnable mask token (zero-init) and one head shared by [CLS] and patches.
     The student and the teacher are two instances (the teacher without drop-path).
 
-    forward(global_crops, local_crops=(), masks=None, with_attention=False, patches=True):
-        global_crops  list of G tensors [B, 3, S, S]; local_crops list of M [B, 3, s, s]
-        masks         [G*B, N] True = masked (mask-token replaces the patch embedding)
-      -> dict  cls [G+M, B, K] logits; patch [G, B, N, K] (patches=True);
+    teach(global_crops, with_attention=False, patches=True)   the teacher's targets
+        global_crops  list of G tensors [B, 3, S, S]
+      -> dict  cls [G, B, K] logits; patch [G, B, N, K] (patches=True);
                attention [G*B, N] (with_attention=True, from the last block, no extra forward)
+    forward(passes, mode)   the student's passes (train/methods/passes.py), groups:
+        "globals"  shared images [G*B, 3, S, S], own mask [G*B, 1, N] (True = the mask token
+                   replaces the patch embedding; N+1 tokens whatever the ratio: static shape)
+                   -> cls [G*B, K], patch [G*B, N, K] (unless patches=False)
+        "locals"   shared images [M*B, 3, s, s] -> cls [M*B, K]
     """
 
     def __init__(self, arch: str, vit_kwargs: dict, drop_path: float, out_dim: int, hidden: int,
@@ -94,29 +100,47 @@ class IBOTNet(nn.Module):
         self.backbone = create_vit(arch, drop_path_rate=drop_path, **vit_kwargs)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
         self.head = DINOHead(self.backbone.embed_dim, out_dim, hidden, bottleneck, norm_last_layer=norm_last_layer)
+        self.patches = True  # the method turns the patch logits off for DINO
 
-    def forward(self, global_crops, local_crops=(), masks=None, with_attention: bool = False,
-                patches: bool = True) -> dict[str, torch.Tensor]:
-        from model.vit import forward_full, forward_masked
+    def teach(self, global_crops, with_attention: bool = False, patches: bool = True) -> dict[str, torch.Tensor]:
+        from model.vit import forward_full
 
         g, b = len(global_crops), global_crops[0].shape[0]
         x = torch.cat(list(global_crops))                                              # [G*B, 3, S, S]
         out = {}
-        if masks is not None:
-            tokens = forward_masked(self.backbone, x, masks, self.mask_token)        # [G*B, 1+N, D]
-        elif with_attention:
+        if with_attention:
             tokens, out["attention"] = forward_full(self.backbone, x, return_cls_attention=True)
         else:
             tokens = forward_full(self.backbone, x)
         logits = self.head(tokens if patches else tokens[:, :1])                      # [G*B, 1(+N), K]
-        cls = [logits[:, 0].reshape(g, b, -1)]
+        out["cls"] = logits[:, 0].reshape(g, b, -1)
         if patches:
             out["patch"] = logits[:, 1:].reshape(g, b, logits.shape[1] - 1, -1)
-        if local_crops:
-            local = forward_full(self.backbone, torch.cat(list(local_crops)))[:, 0]   # [M*B, D]
-            cls.append(self.head(local).reshape(len(local_crops), b, -1))
-        out["cls"] = torch.cat(cls)                                                    # [G+M, B, K]
         return out
+
+    def run_group(self, group: str, shared: dict, own: dict) -> dict[str, torch.Tensor]:
+        from model.vit import forward_full, forward_masked
+
+        if group == "globals":
+            mask = own["mask"]
+            if mask.shape[1] != 1:
+                raise ValueError("iBOT runs one masked pass per global crop batch")
+            tokens = forward_masked(self.backbone, shared["images"], mask[:, 0], self.mask_token)  # [G*B, 1+N, D]
+            logits = self.head(tokens if self.patches else tokens[:, :1])
+            out = {"cls": logits[:, 0]}
+            if self.patches:
+                out["patch"] = logits[:, 1:]
+            return out
+        if group == "locals":
+            return {"cls": self.head(forward_full(self.backbone, shared["images"])[:, 0])}
+        raise ValueError(f"IBOTNet has no student pass group {group!r}")
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """What k-NN and linear probes read: the backbone's last-layer [CLS] [B, D]."""
+        from model.vit import forward_full
+
+        return forward_full(self.backbone, images)[:, 0]
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """What 'freeze the last layer in the first epoch' freezes (iBOT / DINO)."""
@@ -132,17 +156,22 @@ class IBOTNet(nn.Module):
 class IBOT(nn.Module):
     """iBOT (and DINO: patch_weight 0) with AttMask / block / random masking.
 
-    One step: 1. the teacher runs once on the unmasked global crops -> targets and the [CLS]
-    attention; 2. masks on the device from that attention (AttMask) or from a generator;
-    3. the student runs on the masked global crops and the local crops; 4. the loss module.
+    One step (the engine calls these in order, train/methods/passes.py):
+    1. ``targets``: the teacher runs once on the unmasked global crops -> targets and the
+       [CLS] attention; 2. ``masks`` on the device from that attention (AttMask) or from a
+    generator; 3. ``student_passes``: the masked global crops (mask-token path, N+1 tokens)
+    and the local crops; 4. ``losses``: the loss module.
     Pure: no backward, no optimizer, no EMA (the engine owns those). Its state (the centers)
     is in buffers, so ``state_dict()`` checkpoints it.
     """
 
+    schedules = ("teacher_temp", "teacher_patch_temp")
+
     def __init__(self, masking: str = "attmask_high", mask_ratio=(0.1, 0.5), mask_prob: float = 0.5,
                  hint_max: float = 0.1, patch_weight: float = 1.0, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, out_dim: int = 8192):
+                 center_momentum: float = 0.9, out_dim: int = 8192, patch_size: int = 16):
         super().__init__()
+        self.patch_size = patch_size
         self.masking, self.mask_ratio, self.mask_prob, self.hint_max = masking, tuple(mask_ratio), mask_prob, hint_max
         self.patch_weight = patch_weight
         self.loss = IBOTLoss(out_dim, student_temp, center_momentum, patch_weight)
@@ -151,17 +180,26 @@ class IBOT(nn.Module):
     def needs_attention(self) -> bool:
         return self.masking.startswith("attmask")
 
-    def masks(self, attention: torch.Tensor | None, count: int, grid: tuple[int, int],
-              generator: torch.Generator, device) -> torch.Tensor | None:
-        """[count, N] True = masked, or None for no masking. ``count`` = G * B crops."""
+    @property
+    def patches(self) -> bool:
+        return self.patch_weight > 0
+
+    def targets(self, teacher, views, sched: dict) -> dict[str, torch.Tensor]:
+        return teacher(views.global_views, with_attention=self.needs_attention, patches=self.patches)
+
+    def masks(self, views, targets: dict, generator: torch.Generator) -> torch.Tensor:
+        """[G*B, N] True = masked (all False for masking "none")."""
         from model.masking import attmask, block_mask, random_mask
 
+        crops = views.global_views
+        count, device = len(crops) * crops[0].shape[0], crops[0].device
+        grid = (crops[0].shape[-2] // self.patch_size, crops[0].shape[-1] // self.patch_size)
         n = grid[0] * grid[1]
-        if self.masking == "none":
-            return None
+        if self.masking == "none":  # the student still takes the mask-token path, nothing masked
+            return torch.zeros(count, n, dtype=torch.bool, device=device)
         if self.needs_attention:
-            return attmask(attention, self.masking.removeprefix("attmask_"), self.mask_ratio, self.mask_prob,
-                           self.hint_max, generator=generator)
+            return attmask(targets["attention"], self.masking.removeprefix("attmask_"), self.mask_ratio,
+                           self.mask_prob, self.hint_max, generator=generator)
         if self.masking == "block":
             seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
             return block_mask(count, grid, self.mask_ratio, 1.0 - self.mask_prob,
@@ -172,29 +210,21 @@ class IBOT(nn.Module):
         keep = torch.rand(count, generator=generator, device=device) < self.mask_prob
         return m & keep[:, None]
 
-    def forward(self, student: nn.Module, teacher: nn.Module, global_crops, local_crops,
-                teacher_temp: float, teacher_patch_temp: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        patches = self.patch_weight > 0
-        # 1. one teacher forward: targets and [CLS] attention
-        with torch.no_grad():
-            t = teacher(global_crops, with_attention=self.needs_attention, patches=patches)
-        # 2. masks on the device
-        g, b = len(global_crops), global_crops[0].shape[0]
-        patch = student_patch_size(student)
-        grid = (global_crops[0].shape[-2] // patch, global_crops[0].shape[-1] // patch)
-        n = grid[0] * grid[1]
-        masks = self.masks(t.get("attention"), g * b, grid, generator, global_crops[0].device)
-        if masks is None:  # masking "none": the student still takes the mask-token path, nothing masked
-            masks = torch.zeros(g * b, n, dtype=torch.bool, device=global_crops[0].device)  # [G*B, N]
-        # 3. the student on the masked globals and the locals
-        s = student(global_crops, local_crops, masks=masks, patches=patches)
-        # 4. the loss
-        mask_views = masks.reshape(g, b, n)                                               # [G, B, N]
-        out = self.loss(s["cls"], s.get("patch"), t["cls"], t.get("patch"), mask_views, teacher_temp, teacher_patch_temp)
+    def student_passes(self, views, masks: torch.Tensor) -> list[StudentPass]:
+        passes = [StudentPass("globals", {"images": torch.cat(list(views.global_views))}, {"mask": masks})]
+        if views.local_views:
+            passes.append(StudentPass("locals", {"images": torch.cat(list(views.local_views))}))
+        return passes
+
+    def losses(self, outputs: list[dict], targets: dict, masks: torch.Tensor, sched: dict) -> dict[str, torch.Tensor]:
+        g, b = targets["cls"].shape[:2]
+        n = masks.shape[-1]
+        cls = [outputs[0]["cls"].reshape(g, b, -1)]
+        if len(outputs) > 1:
+            cls.append(outputs[1]["cls"].reshape(-1, b, cls[0].shape[-1]))
+        student_patch = outputs[0]["patch"].reshape(g, b, n, -1) if self.patches else None
+        mask_views = masks.reshape(g, b, n)                                                   # [G, B, N]
+        out = self.loss(torch.cat(cls), student_patch, targets["cls"], targets.get("patch"), mask_views,
+                        sched["teacher_temp"], sched["teacher_patch_temp"])
         out["mask_ratio"] = mask_views.float().mean().detach()
         return out
-
-
-def student_patch_size(net: nn.Module) -> int:
-    inner = getattr(net, "module", net)  # DDP / DeepSpeed wrappers keep the model in .module
-    return int(inner.backbone.patch_embed.patch_size[0])

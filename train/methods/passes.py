@@ -1,0 +1,86 @@
+"""Student passes: what a method asks the student to compute, and how the engine runs it.
+
+The engine's step, for every method:
+
+    targets = method.targets(teacher, views, sched)          # one teacher forward, no grad
+    masks   = method.masks(views, targets, generator)        # device tensors
+    passes  = method.student_passes(views, masks)            # list[StudentPass]
+    outputs = student(passes, mode)                          # one call of the (wrapped) student
+    losses  = method.losses(outputs, targets, masks, sched)  # dict, "loss" is what backward sees
+
+A ``StudentPass`` is one student computation of static shape: ``group`` names the net's
+function that computes it, ``shared`` holds tensors that every pass of the group uses as they
+are (the image batch), ``own`` this pass's tensors (its keep indices) with the batch first.
+Passes of one group differ only in ``own``, so the engine may
+
+  * ``batched``: stack the ``own`` tensors along a new dim 1 ([B, P, ...]) and run the group
+    once on B*P sequences (ExtreMA's K masks: one patch embedding, one trunk call);
+  * ``loop``: run every pass on its own ([B, 1, ...]), the way a Python loop over masks does.
+
+Both give the same numbers for the same passes (up to float summation order); the student
+module sees a single ``forward`` call per step either way, which DDP and DeepSpeed require.
+A net that runs passes implements ``run_group(group, shared, own) -> dict`` whose outputs have
+B*P rows ordered b*P + p, and inherits ``forward`` from ``PassRunner``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+MODES = ("batched", "loop")
+
+
+@dataclass
+class StudentPass:
+    group: str
+    shared: dict[str, torch.Tensor] = field(default_factory=dict)
+    own: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def run_passes(run_group, passes: list[StudentPass], mode: str = "batched") -> list[dict[str, torch.Tensor]]:
+    """Outputs of every pass, in the order of ``passes`` (each output has the pass's batch first)."""
+    if mode not in MODES:
+        raise ValueError(f"student pass mode {mode!r}: choose one of {', '.join(MODES)}")
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(passes):
+        groups.setdefault(p.group, []).append(i)
+    outputs: list[dict[str, torch.Tensor] | None] = [None] * len(passes)
+    for group, idx in groups.items():
+        first = passes[idx[0]]
+        for i in idx[1:]:
+            if passes[i].shared.keys() != first.shared.keys() or any(
+                    passes[i].shared[k] is not v for k, v in first.shared.items()) \
+                    or passes[i].own.keys() != first.own.keys():
+                raise ValueError(f"passes of group {group!r} must share the same tensors and own the same keys")
+        if mode == "loop" or len(idx) == 1:
+            for i in idx:
+                p = passes[i]
+                outputs[i] = run_group(group, p.shared, {k: v.unsqueeze(1) for k, v in p.own.items()})
+            continue
+        own = {k: torch.stack([passes[i].own[k] for i in idx], dim=1) for k in first.own}   # [B, P, ...]
+        out = run_group(group, first.shared, own)                                            # [B*P, ...]
+        for j, i in enumerate(idx):
+            outputs[i] = {k: v.unflatten(0, (-1, len(idx)))[:, j] for k, v in out.items()}
+    return outputs
+
+
+class PassRunner(nn.Module):
+    """``forward(passes, mode)``: every pass in one module call (see the module docstring)."""
+
+    def forward(self, passes: list[StudentPass], mode: str = "batched") -> list[dict[str, torch.Tensor]]:
+        return run_passes(self.run_group, passes, mode)
+
+    def run_group(self, group: str, shared: dict, own: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def shared_step(method, student, teacher, views, sched: dict, generator: torch.Generator,
+                mode: str = "batched") -> dict[str, torch.Tensor]:
+    """views -> one teacher forward (no grad) -> masks -> the student passes -> losses."""
+    with torch.no_grad():
+        targets = method.targets(teacher, views, sched)
+    masks = method.masks(views, targets, generator)
+    outputs = student(method.student_passes(views, masks), mode)
+    return method.losses(outputs, targets, masks, sched)
