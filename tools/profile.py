@@ -7,6 +7,7 @@ the same run.
                                    [--batches N] [--compare]
     python tools/profile.py train --recipe ibot_attmask [--data OUT] [--compare block] [--steps N]
                                   [key=value ...]
+    python tools/profile.py train --recipe extrema [--masks K] --compare naive [key=value ...]
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
 PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
@@ -16,7 +17,9 @@ loader: images/s, views/s and data wait per batch of a loader engine on converte
 --compare also runs the reference engine on the same shards (see data/loader_benchmark.py).
 train: one training step of a recipe: images/s, the per-phase time split, FLOPs and MFU (on a
 GPU); --compare MASKING runs the same steps with that masking interleaved and prints the
-step-time ratio (see train/benchmark.py). key=value arguments override the recipe's config.
+step-time ratio; --compare naive runs the same step computed the naive way (the teacher once
+per mask, the student masks in a Python loop) and prints shared / naive (see
+train/benchmark.py). key=value arguments override the recipe's config.
 """
 from __future__ import annotations
 
@@ -61,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = sub.add_parser("train", help="training-step throughput and phase split of a recipe")
     t.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="ibot_attmask")
     t.add_argument("--data", default="embedded:train", help="shards folder (default: the embedded dataset)")
-    t.add_argument("--compare", help="another method.masking to time against (e.g. block)")
+    t.add_argument("--compare", help="another method.masking to time against (e.g. block), or naive")
+    t.add_argument("--masks", type=int, help="ExtreMA: student masks K (method.n_masks)")
     t.add_argument("--steps", type=int, default=10, help="timed steps (medians reported)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=32 model.arch=vit_base_patch16_224")
@@ -69,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 TRAIN_RECIPES = {"ibot_attmask": "ibot_attmask_vits16.yaml", "dino_attmask": "dino_attmask_vits16.yaml",
-                 "demo": "demo.yaml"}
+                 "demo": "demo.yaml", "extrema": "extrema_vits16.yaml", "extrema_vitb16": "extrema_vitb16.yaml"}
 
 
 def _cuda() -> bool:
@@ -129,12 +133,21 @@ def _train(args) -> int:
     if args.steps < 1 or args.warmup < 0:
         print("error: need --steps >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
-    if args.compare and args.compare not in MASKINGS:
-        print(f"error: --compare must be one of {', '.join(MASKINGS)}", file=sys.stderr)
+    if args.compare and args.compare not in MASKINGS + ("naive",):
+        print(f"error: --compare must be naive or one of {', '.join(MASKINGS)}", file=sys.stderr)
+        return 2
+    extrema = args.recipe.startswith("extrema")
+    if args.compare and args.compare != "naive" and extrema:
+        print("error: ExtreMA has no masking choice to compare; use --compare naive", file=sys.stderr)
+        return 2
+    if args.masks is not None and (not extrema or args.masks < 1):
+        print("error: --masks K (>= 1) applies to the extrema recipes only", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as work:
         overrides = [f"data.train={args.data}", "data.val=", f"run.dir={work}/run",
                      f"data.embedded_dir={work}/shards"] + list(args.overrides)
+        if args.masks is not None:
+            overrides.append(f"method.n_masks={args.masks}")
         try:
             result = benchmark_train(str(CONFIGS / TRAIN_RECIPES[args.recipe]), overrides, args.steps,
                                      args.warmup, args.compare)

@@ -235,6 +235,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
 
+    def compute_losses(self, views, sched: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """One teacher forward, the masks, the student passes (batched / looped / graphed), the losses."""
+        return shared_step(self.method, self.student_runner, self.backend.teacher, views, sched, generator,
+                           self.cfg.train.student_passes)
+
     def train_step(self, views) -> dict[str, float] | None:
         """One iteration; None when the loss was not finite on some rank (nothing updated)."""
         i = self.step
@@ -249,8 +254,7 @@ class Trainer:
         # compute losses (one teacher forward, the masks, the student, the loss module)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None, cache_enabled=not self.cuda_graphs):
-            losses = shared_step(self.method, self.student_runner, b.teacher, views, sched, generator,
-                                 self.cfg.train.student_passes)
+            losses = self.compute_losses(views, sched, generator)
         loss = losses["loss"]
         finite = torch.isfinite(loss.detach()).float()
         if self.world > 1:
