@@ -89,7 +89,8 @@ class GraphedStudent:
         key = (structure, mode, tuple((tuple(t.shape), t.dtype) for t in tensors), self.student.training)
         if key not in self.graphs:
             flat = _FlatPasses(self.student, structure, mode)
-            graphed = torch.cuda.make_graphed_callables(flat, tuple(tensors), num_warmup_iters=self.warmup)
+            graphed = torch.cuda.make_graphed_callables(flat, tuple(tensors), num_warmup_iters=self.warmup,
+                                                           allow_unused_input=True)
             self.graphs[key] = (graphed, flat)
         graphed, flat = self.graphs[key]
         values = graphed(*tensors)

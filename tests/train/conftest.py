@@ -33,3 +33,17 @@ def tiny(embedded_dir, tmp_path):
     """Overrides for a tiny run in tmp_path on the embedded shards."""
     return TINY + [f"run.dir={tmp_path / 'run'}", f"data.train={embedded_dir / 'train'}", "data.val=",
                    f"data.embedded_dir={embedded_dir}"]
+
+
+# 4 x 4 tokens of 8 px on 32-px crops; r = 0.75 keeps 4 tokens, 4 disjoint masks use all 16
+TINY_EXTREMA = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwargs.embed_dim=32",
+                "model.kwargs.num_heads=2", "model.kwargs.depth=2", "model.proj_hidden=48", "model.pred_hidden=48",
+                "model.proj_dim=16", "model.drop_path=0.0", "data.global_size=32", "data.batch_size=16",
+                "data.workers=1", "method.mask_ratio=[0.75,0.75]", "method.n_masks=4", "optim.warmup_epochs=0",
+                "optim.base_lr=1e-3", "eval.knn_at_start=false", "run.progress=false", "run.log_every=1"]
+
+
+@pytest.fixture
+def tiny_extrema(embedded_dir, tmp_path):
+    return TINY_EXTREMA + [f"run.dir={tmp_path / 'run'}", f"data.train={embedded_dir / 'train'}", "data.val=",
+                           f"data.embedded_dir={embedded_dir}"]

@@ -10,18 +10,6 @@ from train.methods.extrema import ExtremaNet, byol_loss, infonce_loss
 from train.methods.passes import StudentPass, run_passes
 
 RECIPE = str(CONFIGS / "extrema_vits16.yaml")
-# 4 x 4 tokens of 8 px on 32-px crops; r = 0.75 keeps 4 tokens, 4 disjoint masks use all 16
-TINY_EXTREMA = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwargs.embed_dim=32",
-                "model.kwargs.num_heads=2", "model.kwargs.depth=2", "model.proj_hidden=48", "model.pred_hidden=48",
-                "model.proj_dim=16", "model.drop_path=0.0", "data.global_size=32", "data.batch_size=16",
-                "data.workers=1", "method.mask_ratio=[0.75,0.75]", "method.n_masks=4", "optim.warmup_epochs=0",
-                "optim.base_lr=1e-3", "eval.knn_at_start=false", "run.progress=false", "run.log_every=1"]
-
-
-@pytest.fixture
-def tiny_extrema(embedded_dir, tmp_path):
-    return TINY_EXTREMA + [f"run.dir={tmp_path / 'run'}", f"data.train={embedded_dir / 'train'}", "data.val=",
-                           f"data.embedded_dir={embedded_dir}"]
 
 
 def _params(module):
@@ -164,3 +152,26 @@ def test_cuda_graphs_give_the_eager_losses(tiny_extrema, tiny, tmp_path, recipe)
     b = [r["loss"] for r in read_metrics(tmp_path / "graphed") if "loss" in r]
     assert len(a) == len(b) == 4
     assert b == pytest.approx(a, rel=1e-4)
+
+
+def test_graph_inputs_flatten_and_rebuild_the_passes():
+    """The captured callable takes flat tensors: each shared tensor once, then every own one."""
+    from train.graphs import flatten, unflatten
+
+    images, locals_ = torch.zeros(2, 3, 8, 8), torch.ones(2, 3, 4, 4)
+    keep = [torch.full((2, 3), k) for k in range(3)]
+    passes = [StudentPass("masked", {"images": images}, {"keep": k}) for k in keep]
+    passes.append(StudentPass("locals", {"images": locals_}))
+    structure, tensors = flatten(passes)
+    assert len(tensors) == 1 + 3 + 1
+    rebuilt = unflatten(structure, tensors)
+    assert [p.group for p in rebuilt] == ["masked"] * 3 + ["locals"]
+    assert all(p.shared["images"] is images for p in rebuilt[:3]) and rebuilt[3].shared["images"] is locals_
+    assert all(torch.equal(p.own["keep"], k) for p, k in zip(rebuilt, keep))
+    # the rebuilt passes batch like the originals (their shared tensor is one object again)
+    net = _net()
+    real = torch.randn(2, 3, 32, 32)
+    keep4 = [torch.randperm(16)[:4].sort().values.expand(2, 4) for _ in range(3)]
+    passes = [StudentPass("masked", {"images": real}, {"keep": k}) for k in keep4]
+    structure, tensors = flatten(passes)
+    torch.testing.assert_close(net(unflatten(structure, tensors))[2]["q"], net(passes)[2]["q"])

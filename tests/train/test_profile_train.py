@@ -21,4 +21,21 @@ def test_train_profile_bad_arguments_are_one_line_errors(run_cli, tiny, tmp_path
     proc = run_cli("profile.py", "train", "--recipe", "demo", "--data", tmp_path, *_tiny_overrides(tiny))
     assert proc.returncode == 2 and "no manifest.json" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("profile.py", "train", "--recipe", "demo", "--compare", "sideways")
-    assert proc.returncode == 2 and "--compare must be one of" in proc.stderr
+    assert proc.returncode == 2 and "--compare must be naive or one of" in proc.stderr
+    proc = run_cli("profile.py", "train", "--recipe", "extrema", "--compare", "block")
+    assert proc.returncode == 2 and "use --compare naive" in proc.stderr
+    proc = run_cli("profile.py", "train", "--recipe", "demo", "--masks", "3")
+    assert proc.returncode == 2 and "--masks K (>= 1) applies to the extrema recipes only" in proc.stderr
+
+
+def test_train_profile_extrema_shared_against_naive(run_cli, tiny_extrema, embedded_dir):
+    overrides = [o for o in _tiny_overrides(tiny_extrema) if not o.startswith("method.n_masks=")]
+    proc = run_cli("profile.py", "train", "--recipe", "extrema", "--masks", "4", "--compare", "naive",
+                   "--data", embedded_dir / "train", "--steps", "2", "--warmup", "1", *overrides, check=True)
+    out = json.loads(proc.stdout)
+    shared, naive = out["shared"], out["naive"]
+    assert out["method"] == "extrema" and "4 masks x 4 of 16 tokens" in out["views"]
+    # the naive step runs the teacher 4 times: its teacher phase is the longer one
+    assert naive["phase_ms"]["teacher"] > shared["phase_ms"]["teacher"]
+    ratio = out["ratio"]["step_time_shared_over_naive"]
+    assert abs(ratio - shared["step_ms"] / naive["step_ms"]) < 1e-3 and out["ratio"]["goal"] == 0.55
