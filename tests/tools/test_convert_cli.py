@@ -1,5 +1,4 @@
 """tools/convert.py as a user runs it: summary, clear errors, interruption and resume."""
-import os
 import signal
 import subprocess
 import sys
