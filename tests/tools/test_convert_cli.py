@@ -86,13 +86,20 @@ def slow_tree(tmp_path_factory, images):
     return root, reference
 
 
+def _default_sigint() -> None:
+    """The converter gets Ctrl-C as a user's terminal gives it, whatever this process ignores
+    (a child inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_conversion_resumes_to_the_same_result(run_cli, slow_tree, tmp_path, sig):
     root, reference = slow_tree
     for attempt in range(3):  # the signal races the converter: on a busy machine it may finish first
         out = tmp_path / f"out{attempt}"
         proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "convert.py"), str(root), str(out), *ARGS],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                preexec_fn=_default_sigint)
         deadline = time.monotonic() + 60
         while not list((out / ".hide-convert").glob("shard-*.json")) and time.monotonic() < deadline \
                 and proc.poll() is None:
@@ -101,7 +108,9 @@ def test_interrupted_conversion_resumes_to_the_same_result(run_cli, slow_tree, t
         _, stderr = proc.communicate(timeout=60)
         if not (out / "manifest.json").exists():
             break
-    assert not (out / "manifest.json").exists(), "the run finished before it could be interrupted, 3 times"
+    assert not (out / "manifest.json").exists(), (
+        f"the run finished before it could be interrupted, 3 times (SIGINT in this process: "
+        f"{signal.getsignal(signal.SIGINT)}; converter stderr: {stderr[-500:]})")
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "run the same command again to resume" in stderr
         assert "Traceback" not in stderr

@@ -11,7 +11,8 @@ def test_convert_benchmark_reports_every_figure_as_json(run_cli, tmp_path):
         assert set(result[tree]["images_per_s"]) == {"naive", "reencode", "passthrough"}
         assert all(v > 0 for v in result[tree]["images_per_s"].values())
         rates = result[tree]["images_per_s"]
-        assert result[tree]["ratios"]["reencode_vs_naive"] == round(rates["reencode"] / rates["naive"], 2)
+        # the ratio comes from the unrounded rates, the printed rates are rounded to 0.1 image/s
+        assert abs(result[tree]["ratios"]["reencode_vs_naive"] - rates["reencode"] / rates["naive"]) <= 0.006
     assert set(result["goals_met"]) == {"reencode_vs_naive", "passthrough_vs_reencode"}
     assert list(tmp_path.iterdir()) == []  # the generated trees are removed
 
