@@ -30,9 +30,8 @@ def build_method(cfg):
     from train.methods.ibot import IBOT, IBOTNet
 
     def ibot_net(drop_path: float) -> IBOTNet:
-        net = IBOTNet(m.arch, kwargs, drop_path, m.out_dim, m.head_hidden, m.head_bottleneck, m.norm_last_layer)
-        net.patches = mc.patch_weight > 0
-        return net
+        return IBOTNet(m.arch, kwargs, drop_path, m.out_dim, m.head_hidden, m.head_bottleneck, m.norm_last_layer,
+                       patches=mc.patch_weight > 0)
 
     method = IBOT(mc.masking, tuple(mc.mask_ratio), mc.mask_prob, mc.hint_max, mc.patch_weight,
                   mc.student_temp, mc.center_momentum, m.out_dim, patch)

@@ -80,19 +80,19 @@ class IBOTNet(PassRunner):
     """A timm ViT, a learnable mask token (zero-init) and one head shared by [CLS] and patches.
     The student and the teacher are two instances (the teacher without drop-path).
 
-    teach(global_crops, with_attention=False, patches=True)   the teacher's targets
+    teach(global_crops, with_attention=False)   the teacher's targets
         global_crops  list of G tensors [B, 3, S, S]
-      -> dict  cls [G, B, K] logits; patch [G, B, N, K] (patches=True);
+      -> dict  cls [G, B, K] logits; patch [G, B, N, K] (unless patches is off: DINO);
                attention [G*B, N] (with_attention=True, from the last block, no extra forward)
     forward(passes, mode)   the student's passes (train/methods/passes.py), groups:
         "globals"  shared images [G*B, 3, S, S], own mask [G*B, 1, N] (True = the mask token
                    replaces the patch embedding; N+1 tokens whatever the ratio: static shape)
-                   -> cls [G*B, K], patch [G*B, N, K] (unless patches=False)
+                   -> cls [G*B, K], patch [G*B, N, K] (unless patches is off)
         "locals"   shared images [M*B, 3, s, s] -> cls [M*B, K]
     """
 
     def __init__(self, arch: str, vit_kwargs: dict, drop_path: float, out_dim: int, hidden: int,
-                 bottleneck: int, norm_last_layer: bool):
+                 bottleneck: int, norm_last_layer: bool, patches: bool = True):
         super().__init__()
         from model.heads import DINOHead
         from model.vit import create_vit
@@ -100,22 +100,20 @@ class IBOTNet(PassRunner):
         self.backbone = create_vit(arch, drop_path_rate=drop_path, **vit_kwargs)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
         self.head = DINOHead(self.backbone.embed_dim, out_dim, hidden, bottleneck, norm_last_layer=norm_last_layer)
-        self.patches = True  # the method turns the patch logits off for DINO
+        self.patches = patches  # patch-token logits (iBOT's MIM term); off for DINO
 
-    def teach(self, global_crops, with_attention: bool = False, patches: bool = True) -> dict[str, torch.Tensor]:
+    def teach(self, global_crops, with_attention: bool = False) -> dict[str, torch.Tensor]:
         from model.vit import forward_full
 
         g, b = len(global_crops), global_crops[0].shape[0]
         x = torch.cat(list(global_crops))                                              # [G*B, 3, S, S]
-        out = {}
         if with_attention:
-            tokens, out["attention"] = forward_full(self.backbone, x, return_cls_attention=True)
+            tokens, attention = forward_full(self.backbone, x, return_cls_attention=True)
         else:
-            tokens = forward_full(self.backbone, x)
-        logits = self.head(tokens if patches else tokens[:, :1])                      # [G*B, 1(+N), K]
-        out["cls"] = logits[:, 0].reshape(g, b, -1)
-        if patches:
-            out["patch"] = logits[:, 1:].reshape(g, b, logits.shape[1] - 1, -1)
+            tokens, attention = forward_full(self.backbone, x), None
+        out = {k: v.reshape(g, b, *v.shape[1:]) for k, v in self._logits(tokens).items()}  # [G, B, (N,) K]
+        if attention is not None:
+            out["attention"] = attention
         return out
 
     def run_group(self, group: str, shared: dict, own: dict) -> dict[str, torch.Tensor]:
@@ -125,15 +123,18 @@ class IBOTNet(PassRunner):
             mask = own["mask"]
             if mask.shape[1] != 1:
                 raise ValueError("iBOT runs one masked pass per global crop batch")
-            tokens = forward_masked(self.backbone, shared["images"], mask[:, 0], self.mask_token)  # [G*B, 1+N, D]
-            logits = self.head(tokens if self.patches else tokens[:, :1])
-            out = {"cls": logits[:, 0]}
-            if self.patches:
-                out["patch"] = logits[:, 1:]
-            return out
+            return self._logits(forward_masked(self.backbone, shared["images"], mask[:, 0], self.mask_token))
         if group == "locals":
             return {"cls": self.head(forward_full(self.backbone, shared["images"])[:, 0])}
         raise ValueError(f"IBOTNet has no student pass group {group!r}")
+
+    def _logits(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """tokens [S, 1+N, D] -> cls [S, K] and (self.patches) patch [S, N, K] head logits."""
+        logits = self.head(tokens if self.patches else tokens[:, :1])
+        out = {"cls": logits[:, 0]}
+        if self.patches:
+            out["patch"] = logits[:, 1:]
+        return out
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -185,7 +186,7 @@ class IBOT(nn.Module):
         return self.patch_weight > 0
 
     def targets(self, teacher, views, sched: dict) -> dict[str, torch.Tensor]:
-        return teacher(views.global_views, with_attention=self.needs_attention, patches=self.patches)
+        return teacher(views.global_views, with_attention=self.needs_attention)
 
     def masks(self, views, targets: dict, generator: torch.Generator) -> torch.Tensor:
         """[G*B, N] True = masked (all False for masking "none")."""
