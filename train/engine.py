@@ -59,6 +59,7 @@ class Trainer:
         self._build_model()
         self._build_schedules()
         self.step, self.nonfinite_run, self.nonfinite_total = 0, 0, 0
+        self.collapse_warned = False
         self.resumed_from = self._resume()
         if self.rank == 0:
             save_config(cfg, self.run_dir)
@@ -363,10 +364,22 @@ class Trainer:
         if self.device.type == "cuda":
             row["gpu_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         self.log.write(row)
+        self._warn_collapse(row)
         bar.update(self.step - bar.n)
         if "loss" in row:
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
         window.update(images=0, wait=0.0, start=time.perf_counter(), losses=[])
+
+    def _warn_collapse(self, row: dict) -> None:
+        """Print the method's collapse warning (iBOT / DINO: uniform [CLS] targets) once per run."""
+        check = getattr(self.method, "collapse_warning", None)
+        if self.collapse_warned or check is None:
+            return
+        message = check(row)
+        if message:
+            self.collapse_warned = True
+            if self.rank == 0:
+                print(f"warning (step {self.step}): {message}", flush=True)
 
     def _log_knn(self, when: str) -> float | None:
         top1 = self.knn()

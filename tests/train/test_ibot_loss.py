@@ -46,6 +46,11 @@ def test_ibot_loss_equals_the_hand_computation_and_updates_its_centers():
     assert abs(out["cls"].item() - expected_cls) < 1e-4
     assert abs(out["mim"].item() - expected_mim) < 1e-4
     assert abs(out["loss"].item() - (expected_cls + expected_mim)) < 1e-4
+    targets = [_softmax([(a - cc) / 0.05 for a, cc in zip(t_cls[q, b].tolist(), c[0].tolist())])
+               for q in range(2) for b in range(B)]
+    expected_entropy = sum(-sum(p * math.log(p) for p in t) for t in targets) / len(targets)
+    assert abs(out["cls_target_entropy"].item() - expected_entropy) < 1e-4
+    assert abs(out["cls_kl"].item() - (expected_cls - expected_entropy)) < 1e-4 and out["cls_kl"] > 0
     torch.testing.assert_close(loss.center, 0.9 * c + 0.1 * t_cls.reshape(-1, K).mean(0, keepdim=True))
     torch.testing.assert_close(loss.center_patch, 0.9 * cp + 0.1 * t_patch.reshape(-1, K).mean(0).view(1, 1, K))
 
@@ -56,8 +61,28 @@ def test_dino_is_the_cls_term_alone_and_gradients_reach_only_the_student():
     t_cls = torch.randn(2, 2, 8, generator=g, requires_grad=True)
     dino = IBOTLoss(8, patch_weight=0.0)
     out = dino(s_cls, None, t_cls, None, None, 0.04, 0.04)
-    assert set(out) == {"cls", "loss"} and torch.equal(out["loss"], out["cls"])
+    assert set(out) == {"cls", "loss", "cls_target_entropy", "cls_kl"} and torch.equal(out["loss"], out["cls"])
     out["loss"].backward()
     assert s_cls.grad.abs().sum() > 0
     assert t_cls.grad is None                        # teacher logits are targets: detached in the loss
     assert torch.equal(dino.center_patch, torch.zeros(1, 1, 8))  # no patches: that center is untouched
+
+
+def test_uniform_targets_are_reported_as_a_collapse():
+    from train.methods.ibot import IBOT
+
+    K = 16
+    method = IBOT(masking="none", patch_weight=0.0, out_dim=K)
+    flat = torch.zeros(2, 4, K)  # every image gets the same logits: centered, the targets are uniform
+    out = method.loss(flat.clone(), None, flat, None, None, 0.04, 0.04)
+    assert abs(out["cls_target_entropy"].item() - math.log(K)) < 1e-5 and abs(out["cls_kl"].item()) < 1e-5
+    row = {k: v.item() for k, v in out.items()}
+    message = method.collapse_warning(row)
+    assert message and "collapsed" in message and "method.warmup_teacher_temp" in message
+
+    g = torch.Generator().manual_seed(0)
+    sharp = torch.randn(2, 4, K, generator=g) * 5  # distinct images: peaked targets, no warning
+    out = IBOT(masking="none", patch_weight=0.0, out_dim=K).loss(sharp.clone(), None, sharp, None, None, 0.04, 0.04)
+    assert out["cls_target_entropy"].item() < 0.5 * math.log(K)
+    assert method.collapse_warning({k: v.item() for k, v in out.items()}) is None
+    assert method.collapse_warning({"loss": 1.0}) is None  # rows without the monitors (ExtreMA)

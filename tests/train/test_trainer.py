@@ -40,10 +40,23 @@ def test_a_few_steps_train_student_and_teacher(tiny, method):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert all(("mim" in r) == (cfg.method.name == "ibot") for r in rows)
     assert all(k in rows[0] for k in ("lr", "weight_decay", "momentum", "teacher_temp", "images_per_s",
-                                      "data_wait_fraction", "skipped_samples", "nonfinite_steps"))
+                                      "data_wait_fraction", "skipped_samples", "nonfinite_steps",
+                                      "cls_target_entropy", "cls_kl"))
     assert rows[0]["mask_ratio"] > 0 or cfg.method.masking == "block"
     assert [p.name for p in complete_checkpoints(cfg.run.dir)] == ["step_000000003"]
     assert (trainer.run_dir / "config.yaml").is_file() and any((trainer.run_dir / "tb").iterdir())
+
+
+def test_a_collapsed_cls_head_is_reported_once(tiny, tmp_path, capsys):
+    # hot temperatures flatten teacher and student alike: uniform targets, KL ~ 0 from step 1
+    hot = ["method.teacher_temp=1000", "method.warmup_teacher_temp=1000", "method.student_temp=1000"]
+    Trainer(load_config(None, tiny + hot + ["run.max_steps=3"])).fit()
+    printed = capsys.readouterr().out
+    assert printed.count("warning (step 1): the [CLS] targets are uniform") == 1
+    assert printed.count("head has collapsed") == 1  # once per run, not at every log line
+
+    Trainer(load_config(None, tiny + ["run.max_steps=2", f"run.dir={tmp_path / 'recipe_temps'}"])).fit()
+    assert "collapsed" not in capsys.readouterr().out  # the tiny recipe's own temperatures: no warning
 
 
 def test_last_layer_is_frozen_in_the_first_epoch(tiny):

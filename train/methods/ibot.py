@@ -13,8 +13,13 @@ max(#masked, 1) per image, averaged over images (unmasked images count 0) and th
 views. H(t, s) = -sum softmax((t - center) / T_t) * log_softmax(s / T_s).
 Centers: EMA (momentum 0.9) of the teacher's batch means (patches: over all tokens),
 all-reduced across ranks, updated after the loss is computed.
+Logged with the losses (no gradient): ``cls_target_entropy``, the mean entropy of the [CLS]
+targets, and ``cls_kl`` = L_CLS - that entropy, the mean KL(target || student). Uniform
+collapse shows as entropy -> ln K with KL -> 0; one-prototype collapse as entropy -> 0.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -43,6 +48,10 @@ class IBOTLoss(nn.Module):
                      for q in range(t_cls.shape[0]) for v in range(s_cls.shape[0]) if v != q]
         loss_cls = torch.stack(cls_terms).mean()
         out = {"cls": loss_cls}
+        with torch.no_grad():  # the DINO paper's collapse monitors: target entropy and KL = CE - H
+            entropy = -(t_cls * t_cls.clamp_min(1e-12).log()).sum(-1).mean()
+            out["cls_target_entropy"] = entropy
+            out["cls_kl"] = loss_cls.detach() - entropy  # every q meets V - 1 crops: mean CE - mean H
         loss = loss_cls
         if self.patch_weight > 0:
             t_patch = F.softmax((teacher_patch.float() - self.center_patch) / teacher_patch_temp, dim=-1)
@@ -176,6 +185,19 @@ class IBOT(nn.Module):
         self.masking, self.mask_ratio, self.mask_prob, self.hint_max = masking, tuple(mask_ratio), mask_prob, hint_max
         self.patch_weight = patch_weight
         self.loss = IBOTLoss(out_dim, student_temp, center_momentum, patch_weight)
+
+    def collapse_warning(self, row: dict) -> str | None:
+        """One line for the log when a logged window shows the [CLS] targets uniform (the head's
+        output has collapsed: the [CLS] term no longer teaches anything), else None."""
+        entropy, kl = row.get("cls_target_entropy"), row.get("cls_kl")
+        if entropy is None or kl is None:
+            return None
+        ln_k = math.log(self.loss.center.shape[-1])
+        if entropy < 0.99 * ln_k or kl > 0.01 * ln_k:
+            return None
+        return (f"the [CLS] targets are uniform (entropy {entropy:.3f} of ln K = {ln_k:.3f}, KL {kl:.4f}): the "
+                f"head has collapsed. DINO's advice: a lower method.warmup_teacher_temp / method.teacher_temp "
+                f"(sharper targets) or a longer method.warmup_teacher_temp_epochs; see the README, 'collapse'")
 
     @property
     def needs_attention(self) -> bool:
