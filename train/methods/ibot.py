@@ -196,8 +196,8 @@ class IBOT(nn.Module):
         if entropy < 0.99 * ln_k or kl > 0.01 * ln_k:
             return None
         return (f"the [CLS] targets are uniform (entropy {entropy:.3f} of ln K = {ln_k:.3f}, KL {kl:.4f}): the "
-                f"head has collapsed. DINO's advice: a lower method.warmup_teacher_temp / method.teacher_temp "
-                f"(sharper targets) or a longer method.warmup_teacher_temp_epochs; see the README, 'collapse'")
+                f"head has collapsed. Sharper targets (a lower method.warmup_teacher_temp, then "
+                f"method.teacher_temp) are the lever; see the README, 'Collapse'")
 
     @property
     def needs_attention(self) -> bool:
