@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from train.config import CONFIGS, ConfigError, load_config
 from train.engine import Trainer
 from train.metrics import read_metrics
-from train.methods.extrema import ExtremaNet, byol_loss, infonce_loss
+from train.methods.extrema import ExtreMA, ExtremaNet, byol_loss, infonce_loss
 from train.methods.passes import StudentPass, run_passes
 
 RECIPE = str(CONFIGS / "extrema_vits16.yaml")
@@ -55,6 +55,22 @@ def test_losses_against_hand_computation():
     assert abs(float(infonce_loss(q, k, t)) - float(sum(nll) / 5 * 2 * t)) < 1e-5
 
 
+def test_target_spread_and_the_collapse_warning():
+    method = ExtreMA(mask_ratio=0.75, n_masks=2, patch_size=8)
+    masks = {"keep": torch.zeros(4, 2, 4, dtype=torch.long), "tokens": 16}
+    q = [{"q": torch.randn(4, 8)} for _ in range(2)]
+    z = torch.randn(4, 8)
+    zn = F.normalize(z, dim=-1)
+    hand = sum(float(zn[:, j].var(unbiased=False)) ** 0.5 for j in range(8)) / 8 * 8 ** 0.5
+    out = method.losses(q, {"z": z}, masks, {})
+    assert abs(float(out["target_spread"]) - hand) < 1e-5 and method.collapse_warning({"target_spread": hand}) is None
+    same = method.losses(q, {"z": z[:1].expand(4, 8) * torch.tensor([[1.0], [2.0], [3.0], [4.0]])}, masks, {})
+    assert float(same["target_spread"]) < 1e-6  # one direction for every image, whatever the norms
+    message = method.collapse_warning({k: float(v) for k, v in same.items()})
+    assert message and "nearly the same for every image" in message
+    assert method.collapse_warning({"loss": 1.0}) is None
+
+
 def test_a_few_steps_one_teacher_forward_disjoint_masks(tiny_extrema):
     cfg = load_config(RECIPE, tiny_extrema + ["run.max_steps=3"])
     trainer = Trainer(cfg)
@@ -83,6 +99,7 @@ def test_a_few_steps_one_teacher_forward_disjoint_masks(tiny_extrema):
     assert all(r["weight_decay"] == pytest.approx(0.1) for r in rows)  # constant (RECIPES.md)
     assert rows[0]["momentum"] == pytest.approx(0.996) and rows[-1]["momentum"] > 0.996
     assert "teacher_temp" not in rows[0]  # iBOT's schedules are not ExtreMA's
+    assert all(0 < r["target_spread"] <= 1 + 1e-6 for r in rows)  # at most 1: unit vectors
 
 
 def test_shared_step_equals_the_naive_step(tiny_extrema):

@@ -8,6 +8,9 @@ the engine batches into B*K sequences of n_keep tokens in one forward (or loops 
 Loss: asymmetric BYOL, 2 - 2 cos(predictor(projector(student_k)), projector(teacher)),
 averaged over the batch and the K masks; or MoCo-v3 InfoNCE (temperature 0.2, keys
 gathered over ranks, scaled by 2 T) as an option.
+Logged with the loss (no gradient): ``target_spread``, the per-dimension std over the batch
+of the L2-normalised teacher projections times sqrt(dim) (SimSiam's collapse monitor): about
+1 when they spread over all directions, 0 when every image gets the same one.
 """
 from __future__ import annotations
 
@@ -123,7 +126,19 @@ class ExtreMA(nn.Module):
         else:
             per_mask = [infonce_loss(o["q"], z, self.temperature) for o in outputs]
         ratio = 1.0 - masks["keep"].shape[-1] / masks["tokens"]
-        return {"loss": torch.stack(per_mask).mean(), "mask_ratio": torch.tensor(ratio, device=z.device)}
+        with torch.no_grad():  # the SimSiam/BYOL collapse monitor, scaled so that 1 = spread, 0 = collapsed
+            spread = F.normalize(z.float(), dim=-1).std(0, unbiased=False).mean() * z.shape[-1] ** 0.5
+        return {"loss": torch.stack(per_mask).mean(), "mask_ratio": torch.tensor(ratio, device=z.device),
+                "target_spread": spread}
+
+    def collapse_warning(self, row: dict) -> str | None:
+        """One line for the log when the teacher's projections are nearly the same for every image."""
+        spread = row.get("target_spread")
+        if spread is None or not spread < 0.1:
+            return None
+        return (f"the teacher's projections are nearly the same for every image (target_spread {spread:.3f}; "
+                f"about 1 when they spread, 0 when collapsed): the students have nothing left to predict; "
+                f"see the README, 'Collapse'")
 
 
 def keep_count(n: int, mask_ratio: float) -> int:
