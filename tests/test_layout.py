@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from data import embedded
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -23,3 +25,5 @@ def test_train_entry_point_rejects_bad_input_in_one_line(tmp_path):
                         [["data.batch_size=5000", f"run.dir={tmp_path / 'run'}", f"data.embedded_dir={tmp_path / 'shards'}", "data.val="], "no full batch of 5000"]):
         proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # the last case converted embedded:train, into the folder of its generator's version
+    assert (tmp_path / "shards" / f"hide-shapes-v{embedded.VERSION}" / "train" / "manifest.json").is_file()

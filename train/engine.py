@@ -71,14 +71,16 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _data_folder(self, value: str) -> str:
-        """A shards folder; embedded:* splits are converted once (rank 0) on first use."""
+        """A shards folder; embedded:* splits are converted once (rank 0) on first use, into a
+        folder named by the generator's version, so a copy made by an older one is never used."""
         if not value.startswith("embedded:"):
             return value
+        from data import embedded
         from data.shards.convert import convert
         from data.shards.plan import ConvertOptions
         from data.sources import open_source
 
-        out = Path(self.cfg.data.embedded_dir) / value.split(":", 1)[1]
+        out = Path(self.cfg.data.embedded_dir) / f"hide-shapes-v{embedded.VERSION}" / value.split(":", 1)[1]
         if self.rank == 0 and not (out / "manifest.json").is_file():
             convert(open_source(value), out, ConvertOptions(shard_size=300, workers=1), progress=False)
         self._barrier()

@@ -4,11 +4,13 @@ import io
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
 from data import embedded
 from data.labels import LabelsError
 from data.sources import SourceError, open_source, read_bytes
+from train.knn import knn_top1
 
 VAL_NAMES = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 7)]
 VAL_WNIDS = ["n00000003", "n00000001", "n00000002", "n00000001", "n00000003", "n00000002"]
@@ -119,6 +121,48 @@ def test_embedded_is_deterministic_balanced_and_splits_differ():
     assert embedded.jpeg_bytes("train", 7) == embedded.jpeg_bytes("train", 7)
     train_px = {np.asarray(embedded.render("train", i)).tobytes() for i in range(50)}
     assert not train_px & {np.asarray(embedded.render("val", i)).tobytes() for i in range(50)}
+
+
+def test_embedded_figures_are_light_on_dark_and_cover_the_same_share_in_every_class():
+    """Version 2's design: the label must not be readable from brightness or area."""
+    cover = {c: [] for c in range(len(embedded.CLASSES))}
+    for i in range(embedded.num_images("val")):
+        grey = np.asarray(embedded.render("val", i), dtype=np.float32).mean(-1)
+        assert np.mean((grey > 110) & (grey < 135)) < 1e-3  # figure >= 160, ground <= 89, noise 6
+        cover[embedded.label_of("val", i)].append(float(np.mean(grey > 125)))
+    shares = np.concatenate(list(cover.values()))
+    assert shares.min() > 0.05 and shares.max() < 0.38  # COVER = (0.12, 0.3), shapes clipped at the edge
+    means = np.array([np.mean(v) for v in cover.values()])
+    assert np.abs(means - shares.mean()).max() < 0.045, dict(zip(embedded.CLASSES, means.round(3)))
+
+
+def _colour_statistics(split):
+    """Per image: mean and std of R, G, B and of grey, and an 8-bin grey histogram, on the
+    32-px centre crop the k-NN evaluation sees."""
+    rows = []
+    for i in range(embedded.num_images(split)):
+        im = embedded.render(split, i)
+        s = 32 / min(im.size)
+        im = im.resize((max(32, round(im.width * s)), max(32, round(im.height * s))))
+        left, top = (im.width - 32) // 2, (im.height - 32) // 2
+        a = np.asarray(im.crop((left, top, left + 32, top + 32)), dtype=np.float32) / 255
+        grey = a.mean(-1)
+        rows.append(np.concatenate([a.mean((0, 1)), a.std((0, 1)), [grey.mean(), grey.std()],
+                                    np.histogram(grey, 8, (0, 1))[0] / grey.size]))
+    labels = [embedded.label_of(split, i) for i in range(embedded.num_images(split))]
+    return torch.tensor(np.array(rows)), torch.tensor(labels)
+
+
+def test_embedded_colour_statistics_say_little_about_the_label(capsys):
+    """The smoke test's premise, measured: the train k-NN (k 20, T 0.07) on colour statistics
+    stays far below what the demo's features reach (hide-shapes v2: 20.3 %, chance 10 %)."""
+    (a, ya), (b, yb) = _colour_statistics("train"), _colour_statistics("val")
+    mu, sd = a.mean(0), a.std(0) + 1e-6
+    norm = lambda x: torch.nn.functional.normalize(((x - mu) / sd).float(), dim=-1)  # noqa: E731
+    top1 = knn_top1(norm(a), ya, norm(b), yb, 20, 0.07)
+    with capsys.disabled():
+        print(f"\nk-NN top-1 on colour statistics: {top1:.1f} %")
+    assert top1 < 25.0
 
 
 @pytest.mark.parametrize("make, message", [
