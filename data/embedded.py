@@ -135,7 +135,7 @@ def _ring(d, cx, cy, r, angle):
 def _stripes(d, rng, cover, base_angle, w, h):
     period = rng.uniform(16, 32)
     a = base_angle + rng.uniform(-0.2, 0.2)
-    nx, ny = math.cos(a), math.sin(a)
+    nx, ny = math.cos(a), math.sin(a)  # stripe direction; offsets go along the normal
     span = w + h
     for k in range(int(-span / period), int(span / period) + 1):
         ox, oy = -ny * k * period + w / 2, nx * k * period + h / 2
