@@ -7,15 +7,17 @@ STAMP  := $(VENV)/.hide-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO   ?= runs/demo
 PYTEST_ARGS ?= -q
+NPROC  ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: demo test install sysdeps bench clean
 
 # The main job on the embedded default: train/configs/demo.yaml (a tiny ViT, iBOT + AttMask)
 # on one CPU process; it prints the k-NN top-1 at the start and the end. DEMO_ARGS adds
-# key=value overrides (e.g. DEMO_ARGS="run.seed=1").
+# key=value overrides (e.g. DEMO_ARGS="run.seed=1"). accelerate's launcher would set
+# OMP_NUM_THREADS=1 (one torch thread) for a single process; the demo uses every core.
 demo: $(STAMP)
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-	    train.py run.dir=$(DEMO) $(DEMO_ARGS)
+	    --num_cpu_threads_per_process $(NPROC) train.py run.dir=$(DEMO) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
