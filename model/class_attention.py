@@ -1,8 +1,12 @@
 """ExtreMA's backbone: a timm ViT trunk *without* [CLS], fixed 2-D sin-cos positions and no
 layer scale, followed by CaiT class-attention blocks (timm's ``LayerScaleBlockClassAttn``,
 layer scale 0.1, no drop-path) in which a [CLS] query attends to [CLS, patches], then a LN.
+Every LayerNorm has eps 1e-6, as in ExtreMA's code (and timm's ViT trunk): the [CLS] token
+starts with std 0.02 (variance 4e-4), close enough to torch's default 1e-5 to change it.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -10,6 +14,8 @@ from timm.models.cait import LayerScaleBlockClassAttn
 from timm.models.vision_transformer import VisionTransformer
 
 from model.vit import create_vit, forward_full, forward_visible, set_sincos_pos_embed
+
+NORM = partial(nn.LayerNorm, eps=1e-6)  # ExtreMA's vits.py builds every norm this way
 
 
 class ClassAttentionPool(nn.Module):
@@ -22,9 +28,9 @@ class ClassAttentionPool(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.blocks = nn.ModuleList(
             LayerScaleBlockClassAttn(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=True,
-                                     init_values=init_values, norm_layer=nn.LayerNorm)
+                                     init_values=init_values, norm_layer=NORM)
             for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = NORM(dim)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         cls = self.cls_token.expand(tokens.shape[0], -1, -1)

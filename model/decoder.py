@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
+
+from model.vit import sincos_pos_table
 
 
 class MAEDecoder(nn.Module):
@@ -20,7 +21,7 @@ class MAEDecoder(nn.Module):
         self.grid, self.prefix = tuple(grid), prefix
         self.embed = nn.Linear(embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        pos = build_sincos2d_pos_embed(list(grid), dim=decoder_dim).reshape(1, grid[0] * grid[1], decoder_dim)
+        pos = sincos_pos_table(tuple(grid), decoder_dim).unsqueeze(0)                    # MAE's table
         self.register_buffer("pos_embed", pos, persistent=False)  # fixed, rebuilt from the grid
         self.blocks = nn.Sequential(*[Block(decoder_dim, num_heads, mlp_ratio, qkv_bias=True)
                                       for _ in range(depth)])

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import timm
 import torch
-from timm.layers import build_sincos2d_pos_embed, resample_abs_pos_embed
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 
@@ -34,10 +34,31 @@ def create_vit(name: str, **kwargs) -> VisionTransformer:
     return vit
 
 
+def sincos_pos_table(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """The fixed 2-D sin-cos positions of MAE's code, which ExtreMA, SdAE and LC-MAE reuse ->
+    ``[h*w, dim]``, tokens in the patch embedding's row-major order.
+
+    Columns: [sin x | cos x | sin y | cos y], x the token's column and y its row, each over
+    dim / 4 frequencies 1 / temperature^(i / (dim / 4)), computed in float64 as MAE's numpy
+    does. (timm's ``build_sincos2d_pos_embed`` orders them [sin y | sin x | cos y | cos x]:
+    the same information, but not the table the authors' checkpoints were trained with.)
+    """
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need an embedding dim divisible by 4, not {dim}")
+    h, w = grid
+    quarter = dim // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float64) / quarter)      # [dim/4]
+    y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                          indexing="ij")                                                   # [h, w] each
+    ax, ay = x.reshape(-1, 1) * omega, y.reshape(-1, 1) * omega                            # [h*w, dim/4]
+    return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], dim=1).float()
+
+
 def set_sincos_pos_embed(vit: VisionTransformer) -> None:
-    """Replace the learned position embedding by a fixed 2-D sin-cos one (ExtreMA, MAE)."""
+    """Replace the learned position embedding by MAE's fixed 2-D sin-cos table (``sincos_pos_table``;
+    ExtreMA, MAE, SdAE, LC-MAE); a [CLS] position, if the ViT has one, is zero as in MAE."""
     grid = vit.patch_embed.grid_size
-    table = build_sincos2d_pos_embed(list(grid), dim=vit.embed_dim).reshape(1, grid[0] * grid[1], -1)
+    table = sincos_pos_table(tuple(grid), vit.embed_dim).unsqueeze(0)
     prefix = vit.pos_embed.shape[1] - table.shape[1]
     with torch.no_grad():
         vit.pos_embed[:, prefix:] = table

@@ -1,4 +1,7 @@
 """model/heads.py, model/decoder.py, model/class_attention.py: structure and analytic invariants."""
+import math
+
+import pytest
 import timm
 import torch
 import torch.nn as nn
@@ -6,8 +9,7 @@ import torch.nn as nn
 from model.class_attention import ExtremaEncoder
 from model.decoder import MAEDecoder, normalize_patches, patchify, unpatchify
 from model.heads import DINOHead, byol_predictor, byol_projector, lcmae_head, sync_batchnorm
-from model.vit import create_vit, forward_visible
-from timm.layers import build_sincos2d_pos_embed
+from model.vit import create_vit, forward_visible, sincos_pos_table
 
 
 def test_dino_head_is_shared_over_tokens_and_bounded_by_its_weight_norm():
@@ -65,7 +67,7 @@ def test_extrema_encoder_trunk_pool_and_export():
     enc = ExtremaEncoder("vit_small_patch16_224", img_size=64, depth=2, embed_dim=64, num_heads=4)
     trunk = enc.trunk
     assert trunk.cls_token is None and not trunk.pos_embed.requires_grad
-    torch.testing.assert_close(trunk.pos_embed[0], build_sincos2d_pos_embed([4, 4], dim=64).reshape(16, 64))
+    torch.testing.assert_close(trunk.pos_embed[0], _mae_table(4, 4, 64))
     assert all(isinstance(b.ls1, nn.Identity) for b in trunk.blocks)       # no layer scale in the trunk
     assert len(enc.pool.blocks) == 2
     assert all(torch.all(b.gamma_1 == 0.1) and torch.all(b.gamma_2 == 0.1) for b in enc.pool.blocks)
@@ -75,3 +77,35 @@ def test_extrema_encoder_trunk_pool_and_export():
     plain = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, class_token=False,
                               global_pool="avg", img_size=64, depth=2, embed_dim=64, num_heads=4)
     plain.load_state_dict(trunk.state_dict(), strict=True)
+
+
+def _mae_table(h: int, w: int, dim: int) -> torch.Tensor:
+    """MAE's sin-cos table written out entry by entry: token t = row * w + col; column c < dim/4
+    is sin(col * f_c), then cos(col * f), sin(row * f), cos(row * f), f_c = 10000^(-c / (dim/4))."""
+    q = dim // 4
+    table = torch.zeros(h * w, dim, dtype=torch.float64)
+    for row in range(h):
+        for col in range(w):
+            for c in range(q):
+                f = 10000.0 ** (-c / q)
+                table[row * w + col, [c, q + c, 2 * q + c, 3 * q + c]] = torch.tensor(
+                    [math.sin(col * f), math.cos(col * f), math.sin(row * f), math.cos(row * f)], dtype=torch.float64)
+    return table.float()
+
+
+def test_sincos_positions_are_maes_table_in_every_fixed_position_module():
+    torch.testing.assert_close(sincos_pos_table((3, 5), 32), _mae_table(3, 5, 32), atol=1e-6, rtol=0)
+    # the table distinguishes rows from columns: swapping them changes it (timm's layout differs)
+    swapped = _mae_table(4, 4, 64).reshape(4, 4, 64).transpose(0, 1).reshape(16, 64)
+    assert (sincos_pos_table((4, 4), 64) - swapped).abs().max() > 0.5
+    dec = MAEDecoder(64, 768, (4, 4), decoder_dim=32, depth=1, num_heads=4)
+    torch.testing.assert_close(dec.pos_embed[0], _mae_table(4, 4, 32))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_pos_table((4, 4), 30)
+
+
+def test_extrema_norms_all_use_eps_1e6():
+    enc = ExtremaEncoder("vit_small_patch16_224", img_size=64, depth=2, embed_dim=64, num_heads=4)
+    norms = [m for m in enc.modules() if isinstance(m, nn.LayerNorm)]
+    assert len(norms) == 2 * 2 + 1 + 2 * 2 + 1  # trunk blocks + trunk norm, pool blocks + pool norm
+    assert all(m.eps == 1e-6 for m in norms), sorted({m.eps for m in norms})
