@@ -212,7 +212,7 @@ class IBOT(nn.Module):
 
     def masks(self, views, targets: dict, generator: torch.Generator) -> torch.Tensor:
         """[G*B, N] True = masked (all False for masking "none")."""
-        from model.masking import attmask, block_mask, random_mask
+        from model.masking import attmask, block_mask, per_crop_random_mask
 
         crops = views.global_views
         count, device = len(crops) * crops[0].shape[0], crops[0].device
@@ -227,11 +227,8 @@ class IBOT(nn.Module):
             seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
             return block_mask(count, grid, self.mask_ratio, 1.0 - self.mask_prob,
                               rng=np.random.default_rng(seed)).to(device)
-        lo, hi = self.mask_ratio  # random: one ratio per batch, each crop masked with prob mask_prob
-        r = lo + (hi - lo) * float(torch.rand((), generator=generator, device=generator.device))
-        m = random_mask(count, n, int(n * r), generator=generator, device=device)
-        keep = torch.rand(count, generator=generator, device=device) < self.mask_prob
-        return m & keep[:, None]
+        # random (iBOT's): a ratio per crop, each crop masked with probability mask_prob
+        return per_crop_random_mask(count, n, self.mask_ratio, self.mask_prob, generator, device)
 
     def student_passes(self, views, masks: torch.Tensor) -> list[StudentPass]:
         passes = [StudentPass("globals", {"images": torch.cat(list(views.global_views))}, {"mask": masks})]
