@@ -16,7 +16,8 @@ against a loop of K forwards (see model/benchmark.py).
 loader: images/s, views/s and data wait per batch of a loader engine on converted shards;
 --compare also runs the reference engine on the same shards (see data/loader_benchmark.py).
 train: one training step of a recipe: images/s, the per-phase time split, FLOPs and MFU (on a
-GPU); --compare MASKING runs the same steps with that masking interleaved and prints the
+GPU). On a CPU the batch per process is min(the recipe's, 16) unless data.batch_size= is given;
+a step that would not fit in memory is refused with its estimate before it is allocated; --compare MASKING runs the same steps with that masking interleaved and prints the
 step-time ratio; --compare naive runs the same step computed the naive way (the teacher once
 per mask, the student masks in a Python loop) and prints shared / naive (see
 train/benchmark.py). key=value arguments override the recipe's config.
@@ -72,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+CPU_BATCH = 16  # train: the batch per process on a CPU, unless data.batch_size= is given
+
 TRAIN_RECIPES = {"ibot_attmask": "ibot_attmask_vits16.yaml", "dino_attmask": "dino_attmask_vits16.yaml",
                  "demo": "demo.yaml", "extrema": "extrema_vits16.yaml", "extrema_vitb16": "extrema_vitb16.yaml"}
 
@@ -126,8 +129,8 @@ def _loader(args) -> int:
 def _train(args) -> int:
     import tempfile
 
-    from train.benchmark import benchmark_train
-    from train.config import CONFIGS, MASKINGS, ConfigError
+    from train.benchmark import StepTooLarge, benchmark_train
+    from train.config import CONFIGS, MASKINGS, ConfigError, load_config
     from data.loader import LoaderError
 
     if args.steps < 1 or args.warmup < 0:
@@ -148,10 +151,14 @@ def _train(args) -> int:
                      f"data.embedded_dir={work}/shards"] + list(args.overrides)
         if args.masks is not None:
             overrides.append(f"method.n_masks={args.masks}")
+        recipe = str(CONFIGS / TRAIN_RECIPES[args.recipe])
         try:
-            result = benchmark_train(str(CONFIGS / TRAIN_RECIPES[args.recipe]), overrides, args.steps,
-                                     args.warmup, args.compare)
-        except (ConfigError, LoaderError) as err:
+            if not _cuda() and not any(o.startswith("data.batch_size=") for o in args.overrides):
+                # the recipes' batches are a GPU's; a CPU runs the same step on CPU_BATCH images
+                asked = load_config(recipe, overrides).data.batch_size
+                overrides.append(f"data.batch_size={min(asked, CPU_BATCH)}")
+            result = benchmark_train(recipe, overrides, args.steps, args.warmup, args.compare)
+        except (ConfigError, LoaderError, StepTooLarge) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     result["recipe"] = args.recipe

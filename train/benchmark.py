@@ -112,6 +112,32 @@ def _flops(trainer, views) -> float:
     return float(counter.get_total_flops())
 
 
+class StepTooLarge(ValueError):
+    """The asked step does not fit in the device's memory; the message has the estimate."""
+
+
+def check_memory(trainer, views, runs: int, batches: int, free: int | None = None) -> dict:
+    """Refuse, with the estimate, a benchmark whose ``runs`` steps and ``batches`` held batches
+    need more than 90 % of ``free`` (default: what the device has available; train/memory.py)."""
+    from train.memory import available_memory, estimate_step_memory, views_bytes
+
+    est = estimate_step_memory(trainer, views)
+    held = views_bytes(views) * batches
+    need = runs * est.total + held
+    free = available_memory(trainer.device) if free is None else free
+    if need > 0.9 * free:
+        b = est.batch_size
+        per_image = (runs * est.activations + held) / b
+        fits = int((0.9 * free - runs * est.static) // per_image) if per_image else 0
+        gb = 2 ** 30
+        raise StepTooLarge(
+            f"the step needs about {need / gb:.1f} GB at data.batch_size={b} ({runs} run(s) x "
+            f"({est.static / gb:.2f} GB weights and optimizer + {est.activations / gb:.1f} GB activations) + "
+            f"{held / gb:.1f} GB of {batches} held batches), and {trainer.device.type} has {free / gb:.1f} GB "
+            f"available: use data.batch_size={max(fits, 1)} or less" + (" (or fewer masks)" if fits < 1 else ""))
+    return {"estimated_gb": round(need / 2 ** 30, 3), "available_gb": round(free / 2 ** 30, 3)}
+
+
 def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, warmup: int = 2,
                     compare: str | None = None) -> dict:
     from train.config import load_config
@@ -122,8 +148,13 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
     trainer = Trainer(cfg)
     device = trainer.device
 
-    # 1. batches from the real loader, with the wait per batch
+    # 1. batches from the real loader, with the wait per batch; the first one tells whether
+    #    the rest (and the runs' steps) fit in memory, before they are allocated
     waits, batches, it = [], [], iter(trainer.loader)
+    t0 = time.perf_counter()
+    batches.append(next(it))
+    waits.append(time.perf_counter() - t0)
+    memory = check_memory(trainer, batches[0], 2 if compare else 1, steps + warmup)
     while len(batches) < steps + warmup:
         t0 = time.perf_counter()
         try:
@@ -168,7 +199,7 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
               "model": cfg.model.arch, "method": cfg.method.name, "batch_per_process": b, "processes": trainer.world,
               "views": views, "cuda_graphs": trainer.cuda_graphs,
               "precision": "bf16" if trainer.autocast_dtype is not None else "fp32",
-              "engine": cfg.data.engine, "steps": steps}
+              "engine": cfg.data.engine, "steps": steps, "memory": memory}
     for k, timer in timers.items():
         med = {name: statistics.median(v) for name, v in timer.times.items()}
         step = med.pop("step")

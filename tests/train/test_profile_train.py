@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 
 def _tiny_overrides(tiny):
     return [o for o in tiny if not o.startswith(("run.dir=", "data.train=", "data.val=", "data.embedded_dir="))]
@@ -39,3 +42,58 @@ def test_train_profile_extrema_shared_against_naive(run_cli, tiny_extrema, embed
     assert naive["phase_ms"]["teacher"] > shared["phase_ms"]["teacher"]
     ratio = out["ratio"]["step_time_shared_over_naive"]
     assert abs(ratio - shared["step_ms"] / naive["step_ms"]) < 1e-3 and out["ratio"]["goal"] == 0.55
+
+
+def _readme_train_profiles():
+    """The `tools/profile.py train` lines of the README, as argument lists."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    lines = re.findall(r"^python tools/profile\.py (train [^#\n]*)", text, flags=re.M)
+    return [shlex.split(line) for line in lines]
+
+
+TINY_VIT = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwargs.embed_dim=32",
+            "model.kwargs.num_heads=2", "model.kwargs.depth=2", "data.global_size=32", "data.local_size=16",
+            "data.n_local=2", "model.out_dim=64", "model.head_hidden=32", "model.head_bottleneck=16",
+            "model.proj_hidden=48", "model.pred_hidden=48", "model.proj_dim=16", "data.workers=1"]
+
+
+def test_the_readmes_train_profiles_run_with_their_documented_defaults(run_cli, embedded_dir):
+    """Each README command as typed (its --data replaced by the embedded shards where it names
+    ImageNet, a tiny ViT where the recipe's is ViT-S): the defaults (steps, warm-up, the CPU
+    batch) are the ones documented, and the memory check passes them."""
+    commands = _readme_train_profiles()
+    assert len(commands) >= 3 and any("--masks" in c for c in commands)
+    for args in commands:
+        if "--data" in args:
+            args[args.index("--data") + 1] = str(embedded_dir / "train")
+        tiny = [] if "demo" in args else TINY_VIT  # the demo recipe is CPU-sized already
+        proc = run_cli("profile.py", *args, *tiny, check=True)
+        out = json.loads(proc.stdout)
+        assert out["batch_per_process"] == 16 and out["steps"] == 10, (args, out["batch_per_process"])
+        assert 0 < out["memory"]["estimated_gb"] < 0.9 * out["memory"]["available_gb"]
+        assert len(out["ratio"]) == 2
+
+
+def test_a_step_that_cannot_fit_is_refused_with_the_estimate(tiny):
+    from train.benchmark import StepTooLarge, check_memory
+    from train.config import load_config
+    from train.engine import Trainer
+    from train.memory import estimate_step_memory, slice_views
+
+    trainer = Trainer(load_config(None, tiny + ["run.resume=never"]))   # iBOT: centers in buffers
+    views = next(iter(trainer.loader))
+    before = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    est = estimate_step_memory(trainer, views)
+    assert all(torch.equal(v, trainer.method.state_dict()[k]) for k, v in before.items())  # probe undone
+    assert est.static > 0 and est.activations > 0 and est.batch_size == 16
+    half = estimate_step_memory(trainer, slice_views(views, 8))
+    assert abs(half.activations * 2 - est.activations) <= 2            # activations scale with the batch
+    fits = check_memory(trainer, views, runs=2, batches=12, free=10 * 2**30)
+    assert fits["available_gb"] == 10.0 and fits["estimated_gb"] < 9.0
+    with pytest.raises(StepTooLarge, match=r"needs about .* GB at data.batch_size=16 .* use data.batch_size=\d+ or less"):
+        check_memory(trainer, views, runs=2, batches=12, free=est.total)
+    trainer.close()
