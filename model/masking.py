@@ -10,6 +10,7 @@ except the BEiT block generator, whose procedure is sequential by definition.
 - ``attmask``              AttMask high / low / hint from a [CLS] attention map
 - ``disjoint_keep_sets``   ExtreMA: K disjoint keep-sets of n_keep from one permutation
 - ``folds``                SdAE: a visible set + the masked set split into t equal folds
+- ``keep_count``           int(N (1 - r)), the tokens a dropping student keeps
 """
 from __future__ import annotations
 
@@ -111,16 +112,25 @@ def disjoint_keep_sets(batch: int, n: int, k_sets: int, n_keep: int, disjoint: b
     return _sorted(sets)
 
 
+def keep_count(n: int, mask_ratio: float) -> int:
+    """Tokens a student keeps of n at a mask ratio: int(N (1 - r)) as MAE's len_keep, at least 1."""
+    return max(1, int(n * (1.0 - mask_ratio)))
+
+
 def folds(batch: int, n: int, n_keep: int, t: int, generator: torch.Generator | None = None,
           device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """SdAE multi-fold masking -> (keep ``[B, n_keep]``, folds ``[B, t, (N - n_keep) / t]``).
-    The masked set (every token not kept) is split into t disjoint folds in random order."""
+    """SdAE multi-fold masking -> (keep ``[B, n_keep]``, folds ``[B, t, (N - n_keep) // t]``).
+
+    One random permutation per image: its first n_keep tokens are the visible set, the rest
+    (the masked set, in random order) is cut into t disjoint folds of (N - n_keep) // t; a
+    remainder of fewer than t tokens is in no fold (no target). Sorted within each set."""
     masked = n - n_keep
-    if not 0 < n_keep < n or masked % t:
-        raise ValueError(f"{n - n_keep} masked tokens do not split into {t} equal folds (N={n}, n_keep={n_keep})")
-    perm = torch.argsort(_rand((batch, n), generator, device), dim=1)
+    if not 0 < n_keep < n or t < 1 or masked // t < 1:
+        raise ValueError(f"{masked} masked tokens (N={n}, n_keep={n_keep}) leave no target in {t} folds")
+    size = masked // t
+    perm = torch.argsort(_rand((batch, n), generator, device), dim=1)      # ascend: first n_keep are kept
     keep = _sorted(perm[:, :n_keep])
-    return keep, _sorted(perm[:, n_keep:].reshape(batch, t, masked // t))
+    return keep, _sorted(perm[:, n_keep:n_keep + t * size].reshape(batch, t, size))
 
 
 def block_mask(batch: int, grid: tuple[int, int], ratio: tuple[float, float] = (0.1, 0.5),

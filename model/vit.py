@@ -34,6 +34,16 @@ def create_vit(name: str, **kwargs) -> VisionTransformer:
     return vit
 
 
+def patch_size_of(arch: str, kwargs: dict) -> int:
+    """A backbone's patch size, from a model built on the meta device (no memory, no init).
+    ValueError (timm's own message) when the name or its arguments do not build a ViT."""
+    if not timm.is_model(arch):
+        raise ValueError(f"{arch!r} is not a timm model (e.g. vit_small_patch16_224)")
+    with torch.device("meta"):
+        vit = create_vit(arch, **kwargs)
+    return int(vit.patch_embed.patch_size[0])
+
+
 def sincos_pos_table(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """The fixed 2-D sin-cos positions of MAE's code, which ExtreMA, SdAE and LC-MAE reuse ->
     ``[h*w, dim]``, tokens in the patch embedding's row-major order.

@@ -8,6 +8,8 @@ the same run.
     python tools/profile.py train --recipe ibot_attmask [--data OUT] [--compare block] [--steps N]
                                   [key=value ...]
     python tools/profile.py train --recipe extrema [--masks K] --compare naive [key=value ...]
+    python tools/profile.py train --recipe sdae --compare {mae,full_teacher} [key=value ...]
+    python tools/profile.py train --recipe mae --masks K [key=value ...]     (against one mask)
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
 PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
@@ -65,8 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t = sub.add_parser("train", help="training-step throughput and phase split of a recipe")
     t.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="ibot_attmask")
     t.add_argument("--data", default="embedded:train", help="shards folder (default: the embedded dataset)")
-    t.add_argument("--compare", help="another method.masking to time against (e.g. block), or naive")
-    t.add_argument("--masks", type=int, help="ExtreMA: student masks K (method.n_masks)")
+    t.add_argument("--compare", help="what to time the step against: another method.masking (e.g. block), "
+                                     "naive, mae or full_teacher (sdae), one_mask (mae)")
+    t.add_argument("--masks", type=int, help="ExtreMA: student masks K; MAE: masks per decoded image (method.n_masks)")
     t.add_argument("--steps", type=int, default=10, help="timed steps (medians reported)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=32 model.arch=vit_base_patch16_224")
@@ -76,7 +79,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 CPU_BATCH = 16  # train: the batch per process on a CPU, unless data.batch_size= is given
 
 TRAIN_RECIPES = {"ibot_attmask": "ibot_attmask_vits16.yaml", "dino_attmask": "dino_attmask_vits16.yaml",
-                 "demo": "demo.yaml", "extrema": "extrema_vits16.yaml", "extrema_vitb16": "extrema_vitb16.yaml"}
+                 "demo": "demo.yaml", "extrema": "extrema_vits16.yaml", "extrema_vitb16": "extrema_vitb16.yaml",
+                 "mae": "mae_vitb16.yaml", "sdae": "sdae_vitb16.yaml"}
+# what each recipe's step can be timed against (train/benchmark.py); --masks: K masks of one image
+COMPARES = {"ibot_attmask": "maskings", "dino_attmask": "maskings", "demo": "maskings",  # train.config.MASKINGS
+            "extrema": ("naive",), "extrema_vitb16": ("naive",), "mae": ("one_mask",),
+            "sdae": ("mae", "full_teacher", "naive")}
+MASKS = ("extrema", "extrema_vitb16", "mae")
 
 
 def _cuda() -> bool:
@@ -136,16 +145,15 @@ def _train(args) -> int:
     if args.steps < 1 or args.warmup < 0:
         print("error: need --steps >= 1 and --warmup >= 0", file=sys.stderr)
         return 2
-    if args.compare and args.compare not in MASKINGS + ("naive",):
-        print(f"error: --compare must be naive or one of {', '.join(MASKINGS)}", file=sys.stderr)
+    allowed = MASKINGS if COMPARES[args.recipe] == "maskings" else COMPARES[args.recipe]
+    if args.compare and args.compare not in allowed:
+        print(f"error: --compare for the {args.recipe} recipe must be one of {', '.join(allowed)}", file=sys.stderr)
         return 2
-    extrema = args.recipe.startswith("extrema")
-    if args.compare and args.compare != "naive" and extrema:
-        print("error: ExtreMA has no masking choice to compare; use --compare naive", file=sys.stderr)
+    if args.masks is not None and (args.recipe not in MASKS or args.masks < 1):
+        print(f"error: --masks K (>= 1) applies to the {', '.join(MASKS)} recipes only", file=sys.stderr)
         return 2
-    if args.masks is not None and (not extrema or args.masks < 1):
-        print("error: --masks K (>= 1) applies to the extrema recipes only", file=sys.stderr)
-        return 2
+    if args.recipe == "mae" and args.masks and args.masks > 1 and not args.compare:
+        args.compare = "one_mask"  # K masks per decoded image, timed against one
     with tempfile.TemporaryDirectory() as work:
         overrides = [f"data.train={args.data}", "data.val=", f"run.dir={work}/run",
                      f"data.embedded_dir={work}/shards"] + list(args.overrides)

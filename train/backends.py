@@ -2,7 +2,8 @@
 
 Both present the same small surface to the engine:
     student        the callable to run the student through (DDP wrapper / DeepSpeed engine)
-    teacher        a callable running the EMA teacher (no grad; ZeRO-3 gathers its partitions)
+    teacher        a callable running the EMA teacher (no grad; ZeRO-3 gathers its partitions),
+                   or None for a method without a teacher (then teacher_module is None too)
     backward(loss); step(clip, freeze_last) -> None; zero_grad()
     ema(momentum)  theta_t <- m theta_t + (1 - m) theta_s on what this rank holds
     save(tmp) / load(path) the engine-owned state (optimizer; DeepSpeed's own files)
@@ -31,16 +32,17 @@ class DDPBackend:
 
     name = "ddp"
 
-    def __init__(self, accelerator, student: nn.Module, teacher: nn.Module, last_layer, betas):
+    def __init__(self, accelerator, student: nn.Module, teacher: nn.Module | None, last_layer, betas):
         self.accelerator = accelerator
         self.module, self.teacher_module = student, teacher
         optimizer = torch.optim.AdamW(param_groups(student, last_layer), lr=0.0, betas=tuple(betas))
         self.student, self.optimizer = accelerator.prepare(student, optimizer)
         self.last_layer = list(last_layer)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.pairs = paired_parameters(teacher, student)
+        self.pairs = paired_parameters(teacher, student) if teacher is not None else ([], [])
+        self.teacher = self._teach if teacher is not None else None
 
-    def teacher(self, *args, **kwargs):
+    def _teach(self, *args, **kwargs):
         return self.teacher_module.teach(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
@@ -96,21 +98,24 @@ class DeepSpeedBackend:
 
         self.deepspeed, self.stage = deepspeed, stage
         config = deepspeed_config(stage, micro_batch, clip)
-        student, teacher = build_student(), build_teacher()
-        copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
-        teacher.requires_grad_(False)
+        student = build_student()
+        teacher = build_teacher() if build_teacher is not None else None
+        if teacher is not None:
+            copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
+            teacher.requires_grad_(False)
         if stage == 3:
             for p in external_of(student) if external_of else ():
                 deepspeed.zero.register_external_parameter(student, p)
         optimizer = torch.optim.AdamW(param_groups(student, last_layer_of(student)), lr=0.0, betas=tuple(betas))
         self.student, self.optimizer, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, config=config)
-        if stage == 3:  # the same per-parameter split as the student's: identical local partitions
+        if stage == 3 and teacher is not None:  # the same per-parameter split as the student's: identical local partitions
             deepspeed.zero.Init(module=teacher, config_dict_or_path=config)
         self.module, self.teacher_module = student, teacher
-        t, s = paired_parameters(teacher, student)
+        t, s = paired_parameters(teacher, student) if teacher is not None else ([], [])
         self.pairs = ([p.ds_tensor for p in t], [p.ds_tensor for p in s]) if stage == 3 else (t, s)
+        self.teacher = self._teach if teacher is not None else None
 
-    def teacher(self, *args, **kwargs):
+    def _teach(self, *args, **kwargs):
         if self.stage != 3:
             return self.teacher_module.teach(*args, **kwargs)
         with self.deepspeed.zero.GatheredParameters(list(self.teacher_module.parameters())):

@@ -18,7 +18,8 @@ DEFAULTS = CONFIGS / "default.yaml"
 DEMO = CONFIGS / "demo.yaml"
 EMBEDDED = ("embedded:train", "embedded:val")
 MASKINGS = ("attmask_high", "attmask_low", "attmask_hint", "block", "random", "none")
-METHODS = ("ibot", "dino", "extrema")
+METHODS = ("ibot", "dino", "extrema", "mae", "sdae")
+VIEWS = {"extrema": "shared_crop_two_colors", "mae": "single_rrc", "sdae": "single_rrc"}  # others: multicrop
 
 
 class ConfigError(ValueError):
@@ -115,20 +116,17 @@ def _data_path(cfg, key: str, required: bool) -> None:
 
 
 def patch_size_of(arch: str, kwargs: dict) -> int:
-    """The backbone's patch size, from a model built on the meta device (no memory, no init)."""
+    """The backbone's patch size (model.vit.patch_size_of), its failures as one-line config errors."""
     import timm
-    import torch
 
-    from model.vit import create_vit
+    from model.vit import patch_size_of as from_model
 
     if not timm.is_model(arch):
         raise ConfigError(f"model.arch: {arch!r} is not a timm model (e.g. vit_small_patch16_224)")
     try:
-        with torch.device("meta"):
-            vit = create_vit(arch, **kwargs)
+        return from_model(arch, kwargs)
     except Exception as err:  # timm's message names the bad argument
         raise ConfigError(f"model.kwargs: timm.create_model({arch!r}) failed: {_first_line(err)}") from None
-    return int(vit.patch_embed.patch_size[0])
 
 
 def multicrop_recipe(d: DictConfig):
@@ -141,13 +139,14 @@ def multicrop_recipe(d: DictConfig):
 
 
 def view_recipe(cfg: DictConfig):
-    """The views the method trains on: multi-crop (iBOT, DINO) or one crop with two
-    colourings (ExtreMA: view 1 for the student, view 2 for the teacher)."""
-    if cfg.method.name == "extrema":
-        from data.views import build_recipe
+    """The views the method trains on: multi-crop (iBOT, DINO), one crop with two colourings
+    (ExtreMA: view 1 for the student, view 2 for the teacher), one RandomResizedCrop (MAE, SdAE)."""
+    name = VIEWS.get(cfg.method.name, "multicrop")
+    if name == "multicrop":
+        return multicrop_recipe(cfg.data)
+    from data.views import build_recipe
 
-        return build_recipe("shared_crop_two_colors", size=cfg.data.global_size, scale=tuple(cfg.data.global_scale))
-    return multicrop_recipe(cfg.data)
+    return build_recipe(name, size=cfg.data.global_size, scale=tuple(cfg.data.global_scale))
 
 
 def _check_views(cfg: DictConfig) -> None:
@@ -201,6 +200,8 @@ def validate(cfg: DictConfig) -> None:
              "must be 0 for dino (DINO has no masked-patch term); use method.name=ibot for it")
     if method == "extrema":
         _check_extrema(cfg, patch)
+    if method in ("mae", "sdae"):
+        _check_autoencoder(cfg, patch)
     for key in ("method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
                 "method.teacher_patch_temp", "method.warmup_teacher_patch_temp"):
         _number(cfg, key, 0.0, lo_open=True)
@@ -220,16 +221,20 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "eval.knn_every", 0, integer=True)
     _number(cfg, "eval.knn_k", 1, integer=True)
     _number(cfg, "eval.knn_temperature", 0.0, lo_open=True)
+    _choice(cfg, "eval.feature", ("cls", "avgpool"))
+    _choice(cfg, "optim.lr_scaling", ("linear", "sqrt"))
+    _choice(cfg, "method.ema_every", ("auto", "step", "epoch"))
     _choice(cfg, "eval.knn_engine", ("dali", "reference"))
     _choice(cfg, "train.student_passes", ("batched", "loop"))
     for key in ("run.progress", "data.exact_resume", "model.norm_last_layer", "eval.knn_at_start",
-                "method.disjoint", "train.cuda_graphs"):
+                "method.disjoint", "train.cuda_graphs", "method.norm_pix"):
         _require(isinstance(OmegaConf.select(cfg, key), bool), key, "must be true or false")
 
 
 def _check_extrema(cfg: DictConfig, patch: int) -> None:
     """ExtreMA: one mask ratio (static shapes), K keep-sets that fit the token grid."""
-    from train.methods.extrema import LOSSES, keep_count
+    from model.masking import keep_count
+    from train.methods.extrema import LOSSES
 
     lo, hi = _pair(cfg, "method.mask_ratio", 0.0, 1.0)
     _require(lo == hi, "method.mask_ratio", f"extrema keeps one ratio for every step (static shapes): "
@@ -246,3 +251,33 @@ def _check_extrema(cfg: DictConfig, patch: int) -> None:
         _require(k * n_keep <= n, "method.n_masks",
                  f"{k} disjoint masks keeping {n_keep} of {n} tokens each need {k * n_keep} tokens; "
                  f"lower method.n_masks, raise method.mask_ratio or set method.disjoint=false")
+
+
+def _check_autoencoder(cfg: DictConfig, patch: int) -> None:
+    """MAE / SdAE: one ratio strictly inside (0, 1), a decoder its heads divide, K disjoint
+    keep-sets that fit (MAE), folds that leave a target (SdAE)."""
+    from model.masking import keep_count
+
+    lo, hi = _pair(cfg, "method.mask_ratio", 0.0, 1.0)
+    _require(lo == hi, "method.mask_ratio", f"{cfg.method.name} keeps one ratio for every step (static shapes): "
+                                            f"use [r, r], e.g. [0.75, 0.75], not {[lo, hi]}")
+    _require(0.0 < lo < 1.0, "method.mask_ratio", f"must lie strictly between 0 and 1, not {lo}")
+    width = _number(cfg, "model.decoder_dim", 1, integer=True)
+    heads = _number(cfg, "model.decoder_heads", 1, integer=True)
+    _number(cfg, "model.decoder_depth", 1, integer=True)
+    _require(width % heads == 0, "model.decoder_dim",
+             f"{width} does not split into model.decoder_heads={heads} heads; use a multiple of {heads}")
+    n = (cfg.data.global_size // patch) ** 2
+    n_keep = keep_count(n, lo)
+    _require(n_keep < n, "method.mask_ratio", f"keeps all {n} tokens at r = {lo}: nothing is masked; raise it")
+    if cfg.method.name == "mae":
+        k = _number(cfg, "method.n_masks", 1, integer=True)
+        if OmegaConf.select(cfg, "method.disjoint") is True:
+            _require(k * n_keep <= n, "method.n_masks",
+                     f"{k} disjoint masks keeping {n_keep} of {n} tokens each need {k * n_keep} tokens; "
+                     f"lower method.n_masks, raise method.mask_ratio or set method.disjoint=false")
+        return
+    t = _number(cfg, "method.folds", 1, integer=True)
+    _require((n - n_keep) // t >= 1, "method.folds",
+             f"{n - n_keep} masked tokens cannot fill {t} folds (no target); use at most {n - n_keep}")
+    _choice(cfg, "method.teacher_input", ("folds", "full"))

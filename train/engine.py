@@ -5,8 +5,9 @@
 
 The engine owns everything around the method: backward, clipping, the optimizer step, the
 schedules, the EMA teacher update, the skipping of non-finite steps, logging and checkpoints.
-Randomness: the global torch generator and the masking generator are re-seeded every step
-from (seed, step, rank), so a resumed run draws what the uninterrupted one would have.
+Randomness: the global torch generator (drop-path) and the masking streams are re-seeded every
+step, from (seed, step, rank) and, for masks drawn for the world's batch, from (seed, step), so
+a resumed run draws what the uninterrupted one would have.
 """
 from __future__ import annotations
 
@@ -19,16 +20,19 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from train import checkpoint as ckpt
+from train import state
 from train.config import save_config, view_recipe
 from train.methods import build_method
-from train.methods.passes import shared_step
+from train.methods.passes import MaskDraws, shared_step
 from train.metrics import MetricsLog
-from train.schedules import linear_warmup, warmup_cosine
+from train.schedules import warmup_cosine
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on; the message says what to change."""
+
+
+SHARED = 2**31  # step_seed's "rank" of the stream every rank shares (masks drawn for the world's batch)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -60,7 +64,7 @@ class Trainer:
         self._build_schedules()
         self.step, self.nonfinite_run, self.nonfinite_total = 0, 0, 0
         self.collapse_warned = False
-        self.resumed_from = self._resume()
+        self.resumed_from = state.resume_trainer(self)
         if self.rank == 0:
             save_config(cfg, self.run_dir)
         self.log = MetricsLog(self.run_dir, enabled=self.rank == 0)
@@ -111,12 +115,14 @@ class Trainer:
                                             self.cfg.distributed.zero_stage, self.cfg.data.batch_size,
                                             o.clip_grad, o.betas, external_of=lambda s: s.top_level_parameters())
         else:
-            student, teacher = build_student(), build_teacher()
-            copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
-            teacher.requires_grad_(False)
-            student.to(self.device), teacher.to(self.device)
+            student = build_student().to(self.device)
+            teacher = build_teacher() if build_teacher is not None else None
+            if teacher is not None:
+                copy_into_teacher(teacher, student)  # the teacher starts as an exact copy
+                teacher.requires_grad_(False).to(self.device)
             self.backend = DDPBackend(self.accelerator, student, teacher, student.last_layer_parameters(), o.betas)
-        self.backend.teacher_module.eval()  # no dropout / drop-path; never trained by gradients
+        if self.backend.teacher_module is not None:
+            self.backend.teacher_module.eval()  # no dropout / drop-path; never trained by gradients
         self.student_runner = self.backend.student
         self.cuda_graphs = bool(self.cfg.train.cuda_graphs)
         if self.cuda_graphs:
@@ -130,91 +136,40 @@ class Trainer:
             self.student_runner = GraphedStudent(self.backend.module)
 
     def _build_schedules(self) -> None:
-        o, mc = self.cfg.optim, self.cfg.method
+        """Per-iteration arrays indexed by the global step: the engine's (lr, weight decay, the
+        teacher momentum and the steps that apply the EMA, at the cadence the method declares)
+        and the method's own (``method.schedules``)."""
+        o = self.cfg.optim
         ipe, total = self.iters_per_epoch, self.iters_per_epoch * o.epochs
         self.total_steps = min(total, self.cfg.run.max_steps) if self.cfg.run.max_steps else total
-        lr = o.base_lr * self.global_batch / 256  # linear scaling rule
+        # lr = base_lr x batch / 256 (linear), or x sqrt(batch) / 4 (sqrt; equal at batch 4096)
+        scale = self.global_batch / 256 if o.lr_scaling == "linear" else math.sqrt(self.global_batch) / 4
         self.schedules = {  # [total] per-iteration values, indexed by the global step
-            "lr": warmup_cosine(lr, o.min_lr, total, int(o.warmup_epochs * ipe)),
+            "lr": warmup_cosine(o.base_lr * scale, o.min_lr, total, int(o.warmup_epochs * ipe)),
             "weight_decay": warmup_cosine(o.weight_decay, o.weight_decay_end, total),
-            "momentum": warmup_cosine(o.momentum_teacher, o.momentum_teacher_end, total),
         }
-        if "teacher_temp" in self.method.schedules:  # iBOT / DINO
-            self.schedules["teacher_temp"] = linear_warmup(mc.warmup_teacher_temp, mc.teacher_temp,
-                                                           mc.warmup_teacher_temp_epochs * ipe, total)
-            self.schedules["teacher_patch_temp"] = linear_warmup(mc.warmup_teacher_patch_temp, mc.teacher_patch_temp,
-                                                                 mc.warmup_teacher_temp_epochs * ipe, total)
+        every = self.method.ema_every
+        self.ema_at = np.zeros(total, dtype=bool)  # steps after which the teacher EMA runs
+        if every == "step":
+            self.schedules["momentum"] = warmup_cosine(o.momentum_teacher, o.momentum_teacher_end, total)
+            self.ema_at[:] = True
+        elif every == "epoch":  # once per epoch, at its last step, with that epoch's value
+            per_epoch = warmup_cosine(o.momentum_teacher, o.momentum_teacher_end, o.epochs)
+            self.schedules["momentum"] = np.repeat(per_epoch, ipe)
+            self.ema_at[ipe - 1::ipe] = True
+        self.schedules.update(self.method.schedules(ipe, total))
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _rng_state(self) -> dict:
-        import random
-
-        return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
     def save(self) -> Path:
-        b = self.backend
-        state = None
-        if self.rank == 0:
-            state = {"step": self.step, "world": self.world, "config": OmegaConf.to_container(self.cfg, resolve=True),
-                     "student": b.module.state_dict(), "teacher": b.teacher_module.state_dict(),
-                     "method": self.method.state_dict(), "backend": b.state_dict(),
-                     "nonfinite_total": self.nonfinite_total, "nonfinite_run": self.nonfinite_run}
-        rank_state = {"rng": self._rng_state(), "loader": self.loader.state(),
-                      "skipped": list(self.loader.stats.corrupt)}
-        if b.name == "deepspeed" and b.stage == 3:  # this rank's teacher partitions
-            rank_state["teacher_partitions"] = [t.detach().cpu() for t in b.pairs[0]]
-        return ckpt.save_checkpoint(self.run_dir, self.step, self.rank, state, rank_state, self._barrier,
-                                    self.cfg.run.keep_checkpoints, extra=b.save)
-
-    def _resume(self) -> Path | None:
-        import random
-
-        path = ckpt.resolve_resume(self.run_dir, self.cfg.run.resume)
-        if path is None:
-            return None
-        state, rank_state = ckpt.load_checkpoint(path, self.rank, self.world)
-        self._check_same_model(path, state["config"])
-        b = self.backend
-        if b.name == "deepspeed":
-            b.load(path)
-            if b.stage == 3:
-                for t, saved in zip(b.pairs[0], rank_state["teacher_partitions"]):
-                    t.data.copy_(saved)
-            else:
-                b.teacher_module.load_state_dict(state["teacher"])
-        else:
-            b.module.load_state_dict(state["student"])
-            b.teacher_module.load_state_dict(state["teacher"])
-            b.load_state_dict(state["backend"])
-        self.method.load_state_dict(state["method"])
-        self.step = state["step"]
-        self.nonfinite_total, self.nonfinite_run = state["nonfinite_total"], state["nonfinite_run"]
-        self.loader.load_state(rank_state["loader"])
-        self.loader.stats.corrupt.extend(rank_state["skipped"])
-        rng = rank_state["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        return path
-
-    def _check_same_model(self, path: Path, saved: dict) -> None:
-        """A checkpoint of another model or method cannot be resumed: say which keys differ."""
-        now = OmegaConf.to_container(self.cfg, resolve=True)
-        keys = [f"{section}.{k}" for section in ("model", "method") for k in now[section]
-                if section == "model" or k in ("name", "patch_weight")]
-        diff = [f"{k} {_get(saved, k)!r} -> {_get(now, k)!r}" for k in keys if _get(saved, k) != _get(now, k)]
-        if diff:
-            raise ckpt.CheckpointError(f"{path} was trained with another model ({'; '.join(diff)}); "
-                                       f"use a new run.dir or run.resume=never")
+        return state.save_trainer(self)
 
     # ------------------------------------------------------------------ evaluation
 
     def knn(self) -> float | None:
-        """Weighted k-NN top-1 (%) of the teacher's features ([CLS]) on the held-out split (train = gallery)."""
+        """Weighted k-NN top-1 (%) on the held-out split (train = gallery) of the features the
+        method declares (``knn_on``: the teacher's or the student's; ``eval.feature``: [CLS] or
+        the patch tokens' mean), the module in eval mode."""
         if not self.val_folder:
             return None
         from data.loader import build_loader
@@ -226,21 +181,29 @@ class Trainer:
         kw = dict(batch_size=self.cfg.data.batch_size, rank=self.rank, world=self.world, device=str(self.device),
                   workers=self.cfg.data.workers, evaluation=True)
         b = self.backend
-        gather = (b.deepspeed.zero.GatheredParameters(list(b.teacher_module.parameters()))
+        module = b.teacher_module if self.method.knn_on == "teacher" else b.module
+        gather = (b.deepspeed.zero.GatheredParameters(list(module.parameters()))
                   if b.name == "deepspeed" and b.stage == 3 else nullcontext())
-        with gather:
-            encode = b.teacher_module.features
-            train_f, train_l = features(encode, build_loader(self.train_folder, e.knn_engine, recipe, **kw),
-                                        self.autocast_dtype)
-            test_f, test_l = features(encode, build_loader(self.val_folder, e.knn_engine, recipe, **kw),
-                                      self.autocast_dtype)
+        was_training = module.training
+        module.eval()
+        try:
+            with gather:
+                def encode(images):
+                    return module.features(images, e.feature)
+
+                train_f, train_l = features(encode, build_loader(self.train_folder, e.knn_engine, recipe, **kw),
+                                            self.autocast_dtype)
+                test_f, test_l = features(encode, build_loader(self.val_folder, e.knn_engine, recipe, **kw),
+                                          self.autocast_dtype)
+        finally:
+            module.train(was_training)
         return knn_top1(train_f, train_l, test_f, test_l, e.knn_k, e.knn_temperature)
 
     # ------------------------------------------------------------------ the step
 
-    def compute_losses(self, views, sched: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def compute_losses(self, views, sched: dict, draws) -> dict[str, torch.Tensor]:
         """One teacher forward, the masks, the student passes (batched / looped / graphed), the losses."""
-        return shared_step(self.method, self.student_runner, self.backend.teacher, views, sched, generator,
+        return shared_step(self.method, self.student_runner, self.backend.teacher, views, sched, draws,
                            self.cfg.train.student_passes)
 
     def train_step(self, views) -> dict[str, float] | None:
@@ -249,7 +212,8 @@ class Trainer:
         sched = {k: float(v[i]) for k, v in self.schedules.items()}
         seed = step_seed(self.cfg.run.seed, i, self.rank)
         torch.manual_seed(seed)  # drop-path draws
-        generator = torch.Generator(self.device).manual_seed(seed)  # masks
+        draws = MaskDraws(torch.Generator(self.device).manual_seed(step_seed(self.cfg.run.seed, i, SHARED)),
+                              torch.Generator(self.device).manual_seed(seed), self.rank, self.world)  # masks
         epoch = i // self.iters_per_epoch
         freeze_last = epoch < self.cfg.optim.freeze_last_layer_epochs
         b = self.backend
@@ -257,7 +221,7 @@ class Trainer:
         # compute losses (one teacher forward, the masks, the student, the loss module)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None, cache_enabled=not self.cuda_graphs):
-            losses = self.compute_losses(views, sched, generator)
+            losses = self.compute_losses(views, sched, draws)
         loss = losses["loss"]
         finite = torch.isfinite(loss.detach()).float()
         if self.world > 1:
@@ -269,8 +233,9 @@ class Trainer:
             b.backward(loss)
         if ok:
             b.step(sched["lr"], sched["weight_decay"], self.cfg.optim.clip_grad, freeze_last)
-            # teacher EMA update
-            b.ema(sched["momentum"])
+            # teacher EMA update, at the method's cadence (every step, or an epoch's last step)
+            if self.ema_at[i]:
+                b.ema(sched["momentum"])
         b.zero_grad()
         if not ok:
             return None
@@ -401,12 +366,6 @@ class Trainer:
         path.write_text("".join(json.dumps(r) + "\n" for r in self.loader.stats.corrupt))
         if self.rank == 0:
             print(f"skipped {len(self.loader.stats.corrupt)} corrupt samples on rank 0; listed in {path}", flush=True)
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 def format_summary(summary: dict) -> str:

@@ -63,9 +63,9 @@ def estimate_step_memory(trainer, views) -> StepMemory:
     """Memory of one training step of ``trainer`` at the batch size of ``views`` (see above).
     The method's state (iBOT's centers) is restored after the probe."""
     b = trainer.backend
-    student, teacher = b.module, b.teacher_module
-    static = 4 * _parameter_bytes(student) + _parameter_bytes(teacher)
-    params = {p.untyped_storage().data_ptr() for m in (student, teacher) for p in m.parameters()}
+    modules = [m for m in (b.module, b.teacher_module) if m is not None]  # no teacher: MAE
+    static = 4 * _parameter_bytes(b.module) + sum(_parameter_bytes(m) for m in modules[1:])
+    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
     seen: set[int] = set()
     saved = 0
 

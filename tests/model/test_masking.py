@@ -85,8 +85,13 @@ def test_folds_partition_the_tokens():
     assert keep.shape == (4, 49) and fold.shape == (4, 3, 49)
     for b in range(4):
         assert sorted(keep[b].tolist() + fold[b].flatten().tolist()) == list(range(196))
-    with pytest.raises(ValueError, match="equal folds"):
-        folds(4, 196, 50, 3)
+    keep, fold = folds(4, 196, 50, 4, generator=gen(10))               # 146 masked: 4 folds of 36, 2 left out
+    assert fold.shape == (4, 4, 36)
+    for b in range(4):
+        used = keep[b].tolist() + fold[b].flatten().tolist()
+        assert len(set(used)) == 50 + 144 and set(used) <= set(range(196))
+    with pytest.raises(ValueError, match="leave no target"):
+        folds(4, 16, 14, 3)
 
 
 def test_block_masks_are_blocks_within_their_budget():

@@ -47,3 +47,19 @@ TINY_EXTREMA = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.
 def tiny_extrema(embedded_dir, tmp_path):
     return TINY_EXTREMA + [f"run.dir={tmp_path / 'run'}", f"data.train={embedded_dir / 'train'}", "data.val=",
                            f"data.embedded_dir={embedded_dir}"]
+
+
+# MAE / SdAE: 4 x 4 tokens of 8 px on 32-px crops; r = 0.75 keeps 4, SdAE's 12 masked tokens
+# make 3 folds of 4; a 1-block 32-wide decoder
+TINY_MAE = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwargs.embed_dim=32",
+            "model.kwargs.num_heads=2", "model.kwargs.depth=2", "model.drop_path=0.0", "model.decoder_dim=32",
+            "model.decoder_depth=1", "model.decoder_heads=2", "data.global_size=32", "data.batch_size=16",
+            "data.workers=1", "method.mask_ratio=[0.75,0.75]", "optim.warmup_epochs=0", "optim.base_lr=1e-3",
+            "optim.freeze_last_layer_epochs=0", "eval.knn_at_start=false", "eval.knn_size=32",
+            "run.progress=false", "run.log_every=1"]
+
+
+@pytest.fixture
+def tiny_mae(embedded_dir, tmp_path):
+    return TINY_MAE + [f"run.dir={tmp_path / 'run'}", f"data.train={embedded_dir / 'train'}", "data.val=",
+                       f"data.embedded_dir={embedded_dir}"]

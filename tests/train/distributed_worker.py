@@ -17,14 +17,18 @@ from train.engine import Trainer  # noqa: E402
 
 
 def fixed_views(trainer, global_batch: int) -> Views:
+    """One fixed global batch shaped like the method's view recipe; this rank's slice."""
+    from train.config import view_recipe
+
     g = torch.Generator().manual_seed(1234)
-    d = trainer.cfg.data
-    glob = [torch.randn(global_batch, 3, d.global_size, d.global_size, generator=g) for _ in range(2)]
-    loc = [torch.randn(global_batch, 3, d.local_size, d.local_size, generator=g) for _ in range(d.n_local)]
+    recipe = view_recipe(trainer.cfg)
     per = global_batch // trainer.world
     part = slice(trainer.rank * per, (trainer.rank + 1) * per)
-    return Views({"global": [x[part] for x in glob], "local": [x[part] for x in loc]},
-                 torch.zeros(per, dtype=torch.long), torch.arange(per))
+    views = {}
+    for group in recipe.groups:
+        size = recipe.size_of(group)
+        views[group] = [torch.randn(global_batch, 3, size, size, generator=g)[part] for _ in recipe.group(group)]
+    return Views(views, torch.zeros(per, dtype=torch.long), torch.arange(per))
 
 
 def main() -> None:
@@ -35,20 +39,25 @@ def main() -> None:
     for _ in range(steps):
         row = trainer.train_step(views)
         trainer.step += 1
-        loss = torch.tensor([row["loss"], row.get("mim", 0.0)], dtype=torch.float64)
+        loss = torch.tensor([row["loss"], row.get("mim", 0.0)], dtype=torch.float64)  # rank means
         if trainer.world > 1:
             torch.distributed.all_reduce(loss)
         losses.append((loss / trainer.world).tolist())
     b = trainer.backend
-    if b.name == "deepspeed" and b.stage == 3:
-        import deepspeed
+    saved = {"losses": losses}
+    for name, module in (("teacher", b.teacher_module), ("student", b.module)):
+        if module is None:
+            continue
+        if b.name == "deepspeed" and b.stage == 3:
+            import deepspeed
 
-        with deepspeed.zero.GatheredParameters(list(b.teacher_module.parameters())):
-            teacher = {k: v.detach().clone() for k, v in b.teacher_module.state_dict().items()}
-    else:
-        teacher = {k: v.detach().clone() for k, v in b.teacher_module.state_dict().items()}
+            with deepspeed.zero.GatheredParameters(list(module.parameters())):
+                saved[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            saved[name] = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    saved["method"] = {k: v.clone() for k, v in trainer.method.state_dict().items()}
     if trainer.rank == 0:
-        torch.save({"losses": losses, "teacher": teacher, "center": trainer.method.loss.center.clone()}, out)
+        torch.save(saved, out)
     trainer.close()  # every rank leaves the process group together
 
 

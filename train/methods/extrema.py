@@ -19,7 +19,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.methods.passes import PassRunner, StudentPass
+from model.masking import keep_count
+from train.methods.passes import MASKS_THEN_TARGETS, PassRunner, StudentPass, as_draws
 
 LOSSES = ("byol", "infonce")
 
@@ -54,9 +55,14 @@ class ExtremaNet(PassRunner):
         return {"q": self.predictor(z) if self.predictor is not None else z}
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """What k-NN and linear probes read: the class-attention [CLS] [B, D]."""
-        return self.encoder(images)
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """What k-NN and linear probes read: the class-attention [CLS] [B, D] (or the mean of
+        the trunk's final-norm tokens, pool="avgpool")."""
+        if pool == "cls":
+            return self.encoder(images)
+        from model.vit import forward_full
+
+        return forward_full(self.encoder.trunk, images).mean(dim=1)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         return []  # nothing is frozen in the first epoch
@@ -89,7 +95,9 @@ def infonce_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.
 class ExtreMA(nn.Module):
     """Pure: targets / masks / student passes / losses (the engine runs the step)."""
 
-    schedules = ()
+    step_order = MASKS_THEN_TARGETS
+    ema_every = "step"
+    knn_on = "teacher"
 
     def __init__(self, mask_ratio: float = 0.8, n_masks: int = 5, disjoint: bool = True, loss: str = "byol",
                  temperature: float = 0.2, patch_size: int = 16):
@@ -99,21 +107,30 @@ class ExtreMA(nn.Module):
         self.mask_ratio, self.n_masks, self.disjoint = mask_ratio, n_masks, disjoint
         self.loss_name, self.temperature, self.patch_size = loss, temperature, patch_size
 
+    def schedules(self, iters_per_epoch: int, total: int) -> dict:
+        return {}
+
     def n_keep(self, n: int) -> int:
         return keep_count(n, self.mask_ratio)
 
-    def targets(self, teacher, views, sched: dict) -> dict[str, torch.Tensor]:
-        return teacher(views.global_views[1])                                          # view 2, all tokens
-
-    def masks(self, views, targets: dict, generator: torch.Generator) -> dict:
-        """keep: indices [B, K, n_keep] of view 1's N tokens (sorted within each set)."""
-        from model.masking import disjoint_keep_sets
-
+    def describe_masks(self, views) -> str:
         x = views.global_views[0]
         n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
-        keep = disjoint_keep_sets(x.shape[0], n, self.n_masks, self.n_keep(n), self.disjoint,
-                                  generator=generator, device=x.device)
-        return {"keep": keep, "tokens": n}
+        return f"one crop, two colourings; {self.n_masks} masks x {self.n_keep(n)} of {n} tokens"
+
+    def targets(self, teacher, views, masks, sched: dict) -> dict[str, torch.Tensor]:
+        return teacher(views.global_views[1])                                          # view 2, all tokens
+
+    def masks(self, views, targets, draws) -> dict:
+        """keep: indices [B, K, n_keep] of view 1's N tokens (sorted within each set), drawn for
+        the world's batch and sliced (independent of the process count)."""
+        from model.masking import disjoint_keep_sets
+
+        draws, x = as_draws(draws), views.global_views[0]
+        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        keep = disjoint_keep_sets(draws.rows(x.shape[0]), n, self.n_masks, self.n_keep(n), self.disjoint,
+                                  generator=draws.shared, device=x.device)
+        return {"keep": draws.local(keep), "tokens": n}
 
     def student_passes(self, views, masks: dict) -> list[StudentPass]:
         shared = {"images": views.global_views[0]}
@@ -139,8 +156,3 @@ class ExtreMA(nn.Module):
         return (f"the teacher's projections are nearly the same for every image (target_spread {spread:.3f}; "
                 f"about 1 when they spread, 0 when collapsed): the students have nothing left to predict; "
                 f"see the README, 'Collapse'")
-
-
-def keep_count(n: int, mask_ratio: float) -> int:
-    """Tokens each student pass keeps: int(N (1 - r)), at least 1."""
-    return max(1, int(n * (1.0 - mask_ratio)))

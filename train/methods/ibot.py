@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.methods.passes import PassRunner, StudentPass
+from train.methods.passes import TARGETS_THEN_MASKS, PassRunner, StudentPass, as_draws
 
 
 class IBOTLoss(nn.Module):
@@ -146,11 +146,12 @@ class IBOTNet(PassRunner):
         return out
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """What k-NN and linear probes read: the backbone's last-layer [CLS] [B, D]."""
-        from model.vit import forward_full
+    def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
+        """What k-NN and linear probes read: the backbone's last-layer [CLS] [B, D] (or the
+        mean of its patch tokens, pool="avgpool")."""
+        from train.methods.mae import encoder_features
 
-        return forward_full(self.backbone, images)[:, 0]
+        return encoder_features(self.backbone, images, pool)
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """What 'freeze the last layer in the first epoch' freezes (iBOT / DINO)."""
@@ -175,16 +176,31 @@ class IBOT(nn.Module):
     is in buffers, so ``state_dict()`` checkpoints it.
     """
 
-    schedules = ("teacher_temp", "teacher_patch_temp")
+    step_order = TARGETS_THEN_MASKS  # AttMask reads the teacher's attention
+    ema_every = "step"
+    knn_on = "teacher"
 
     def __init__(self, masking: str = "attmask_high", mask_ratio=(0.1, 0.5), mask_prob: float = 0.5,
                  hint_max: float = 0.1, patch_weight: float = 1.0, student_temp: float = 0.1,
-                 center_momentum: float = 0.9, out_dim: int = 8192, patch_size: int = 16):
+                 center_momentum: float = 0.9, out_dim: int = 8192, patch_size: int = 16,
+                 teacher_temp: tuple[float, float] = (0.04, 0.07), teacher_patch_temp: tuple[float, float] = (0.04, 0.07),
+                 warmup_teacher_temp_epochs: int = 30):
         super().__init__()
+        self.teacher_temp, self.teacher_patch_temp = tuple(teacher_temp), tuple(teacher_patch_temp)
+        self.warmup_teacher_temp_epochs = warmup_teacher_temp_epochs
         self.patch_size = patch_size
         self.masking, self.mask_ratio, self.mask_prob, self.hint_max = masking, tuple(mask_ratio), mask_prob, hint_max
         self.patch_weight = patch_weight
         self.loss = IBOTLoss(out_dim, student_temp, center_momentum, patch_weight)
+
+    def schedules(self, iters_per_epoch: int, total: int) -> dict:
+        """The teacher temperatures ([CLS], patches): (warm-up, final), linear over the first
+        warmup_teacher_temp_epochs, then constant; per iteration."""
+        from train.schedules import linear_warmup
+
+        warm = self.warmup_teacher_temp_epochs * iters_per_epoch
+        return {"teacher_temp": linear_warmup(*self.teacher_temp, warm, total),
+                "teacher_patch_temp": linear_warmup(*self.teacher_patch_temp, warm, total)}
 
     def collapse_warning(self, row: dict) -> str | None:
         """One line for the log when a logged window shows the [CLS] targets uniform (the head's
@@ -207,12 +223,15 @@ class IBOT(nn.Module):
     def patches(self) -> bool:
         return self.patch_weight > 0
 
-    def targets(self, teacher, views, sched: dict) -> dict[str, torch.Tensor]:
+    def targets(self, teacher, views, masks, sched: dict) -> dict[str, torch.Tensor]:
         return teacher(views.global_views, with_attention=self.needs_attention)
 
-    def masks(self, views, targets: dict, generator: torch.Generator) -> torch.Tensor:
-        """[G*B, N] True = masked (all False for masking "none")."""
+    def masks(self, views, targets: dict, draws) -> torch.Tensor:
+        """[G*B, N] True = masked (all False for masking "none"); drawn from this rank's stream
+        (AttMask: one ratio per rank's batch, as each of the authors' processes draws its own)."""
         from model.masking import attmask, block_mask, per_crop_random_mask
+
+        generator = as_draws(draws).own
 
         crops = views.global_views
         count, device = len(crops) * crops[0].shape[0], crops[0].device

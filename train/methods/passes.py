@@ -1,12 +1,17 @@
 """Student passes: what a method asks the student to compute, and how the engine runs it.
 
-The engine's step, for every method:
+The engine's step, for every method, in the order the method declares (``step_order``):
 
-    targets = method.targets(teacher, views, sched)          # one teacher forward, no grad
+    targets = method.targets(teacher, views, masks, sched)   # one teacher forward, no grad
     masks   = method.masks(views, targets, generator)        # device tensors
     passes  = method.student_passes(views, masks)            # list[StudentPass]
     outputs = student(passes, mode)                          # one call of the (wrapped) student
     losses  = method.losses(outputs, targets, masks, sched)  # dict, "loss" is what backward sees
+
+``TARGETS_THEN_MASKS`` (AttMask: the masks come from the teacher's attention; ``masks`` is
+None when the targets are made) or ``MASKS_THEN_TARGETS`` (MAE, SdAE, ExtreMA: the masks are
+drawn first; SdAE's teacher input is the masked set; ``targets`` is None when the masks are
+made). A method without a teacher gets ``teacher=None`` and makes its targets from the views.
 
 A ``StudentPass`` is one student computation of static shape: ``group`` names the net's
 function that computes it, ``shared`` holds tensors that every pass of the group uses as they
@@ -30,6 +35,8 @@ import torch
 import torch.nn as nn
 
 MODES = ("batched", "loop")
+TARGETS_THEN_MASKS = ("targets", "masks")
+MASKS_THEN_TARGETS = ("masks", "targets")
 
 
 @dataclass
@@ -66,6 +73,34 @@ def run_passes(run_group, passes: list[StudentPass], mode: str = "batched") -> l
     return outputs
 
 
+@dataclass
+class MaskDraws:
+    """What a method's ``masks`` draws from.
+
+    shared  one stream for every rank, seeded by (seed, step): draw for the world's batch
+            (``rows(B)`` = B x world) and keep this rank's rows (``local``), so that an image's
+            mask does not depend on how many processes share the batch
+    own     this rank's stream, seeded by (seed, step, rank), for draws made per rank
+    A bare ``torch.Generator`` stands for both, on one process (``as_draws``).
+    """
+    shared: torch.Generator
+    own: torch.Generator
+    rank: int = 0
+    world: int = 1
+
+    def rows(self, batch: int) -> int:
+        return batch * self.world
+
+    def local(self, t: torch.Tensor) -> torch.Tensor:
+        """[B x world, ...] drawn from ``shared`` -> this rank's [B, ...]."""
+        b = t.shape[0] // self.world
+        return t[self.rank * b:(self.rank + 1) * b]
+
+
+def as_draws(draws) -> MaskDraws:
+    return draws if isinstance(draws, MaskDraws) else MaskDraws(draws, draws)
+
+
 class PassRunner(nn.Module):
     """``forward(passes, mode)``: every pass in one module call (see the module docstring)."""
 
@@ -76,11 +111,21 @@ class PassRunner(nn.Module):
         raise NotImplementedError
 
 
+def targets_and_masks(method, teacher, views, sched: dict, generator: torch.Generator) -> tuple:
+    """(targets, masks), made in the order the method declares; the targets under no_grad."""
+    made: dict = {"targets": None, "masks": None}
+    for stage in method.step_order:
+        if stage == "targets":
+            with torch.no_grad():
+                made["targets"] = method.targets(teacher, views, made["masks"], sched)
+        else:
+            made["masks"] = method.masks(views, made["targets"], generator)
+    return made["targets"], made["masks"]
+
+
 def shared_step(method, student, teacher, views, sched: dict, generator: torch.Generator,
                 mode: str = "batched") -> dict[str, torch.Tensor]:
-    """views -> one teacher forward (no grad) -> masks -> the student passes -> losses."""
-    with torch.no_grad():
-        targets = method.targets(teacher, views, sched)
-    masks = method.masks(views, targets, generator)
+    """views -> targets (one teacher forward) and masks -> the student passes -> losses."""
+    targets, masks = targets_and_masks(method, teacher, views, sched, generator)
     outputs = student(method.student_passes(views, masks), mode)
     return method.losses(outputs, targets, masks, sched)
