@@ -44,6 +44,11 @@ def patch_size_of(arch: str, kwargs: dict) -> int:
     return int(vit.patch_embed.patch_size[0])
 
 
+def num_patches(images: torch.Tensor, patch: int) -> int:
+    """Patch tokens N of an image batch [B, 3, H, W] at a patch size."""
+    return (images.shape[-2] // patch) * (images.shape[-1] // patch)
+
+
 def sincos_pos_table(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> torch.Tensor:
     """The fixed 2-D sin-cos positions of MAE's code, which ExtreMA, SdAE and LC-MAE reuse ->
     ``[h*w, dim]``, tokens in the patch embedding's row-major order.

@@ -338,7 +338,7 @@ class Trainer:
         window.update(images=0, wait=0.0, start=time.perf_counter(), losses=[])
 
     def _warn_collapse(self, row: dict) -> None:
-        """Print the method's collapse warning (iBOT / DINO: uniform [CLS] targets) once per run."""
+        """Print the method's collapse warning (e.g. uniform [CLS] targets), if it has one, once per run."""
         check = getattr(self.method, "collapse_warning", None)
         if self.collapse_warned or check is None:
             return

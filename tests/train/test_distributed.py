@@ -80,27 +80,34 @@ def test_accelerate_launch_two_processes_trains_and_logs(tiny, tmp_path):
     assert [r["step"] for r in rows] == [1, 2]
 
 
-def test_zero3_checkpoint_resumes_to_the_losses_of_a_straight_run(tiny, tmp_path):
-    """Student/optimizer through DeepSpeed's own files, teacher through each rank's partitions."""
+def _zero3_stop_and_resume(tmp_path, overrides: list[str], stop: int, end: int) -> None:
+    """2 ZeRO-3 processes: a straight run to ``end``, and one stopped at ``stop`` then resumed;
+    the steps after the resume have the straight run's losses."""
     def launch(run_dir, steps):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               *tiny, *EXACT, "data.batch_size=8", f"run.dir={run_dir}", f"run.max_steps={steps}",
+               *overrides, f"run.dir={run_dir}", f"run.max_steps={steps}",
                "distributed.backend=deepspeed", "distributed.zero_stage=3"]
         proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, _errors(proc.stderr)
         return proc.stdout
 
-    launch(tmp_path / "straight", 4)
-    launch(tmp_path / "split", 2)
-    resumed = launch(tmp_path / "split", 4)
-    assert "resumed_from=" in resumed and "step_000000002" in resumed
+    launch(tmp_path / "straight", end)
+    launch(tmp_path / "split", stop)
+    resumed = launch(tmp_path / "split", end)
+    assert "resumed_from=" in resumed and f"step_{stop:09d}" in resumed
 
     def losses(run_dir):
         return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
     straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
-    for step in (3, 4):
+    assert sorted(straight) == sorted(split) == list(range(1, end + 1))
+    for step in range(stop + 1, end + 1):
         assert abs(straight[step] - split[step]) <= 1e-5 * abs(straight[step]), (step, straight, split)
+
+
+def test_zero3_checkpoint_resumes_to_the_losses_of_a_straight_run(tiny, tmp_path):
+    """Student/optimizer through DeepSpeed's own files, teacher through each rank's partitions."""
+    _zero3_stop_and_resume(tmp_path, tiny + EXACT + ["data.batch_size=8"], stop=2, end=4)
 
 
 # MAE / SdAE: masks are drawn for the world's batch and sliced, so 1 and 2 processes see the
@@ -123,25 +130,8 @@ def test_mae_and_sdae_two_processes_give_the_losses_of_one(tiny_mae, tmp_path, m
 
 def test_zero3_sdae_stopped_and_resumed_gives_the_losses_of_a_straight_run(tiny_mae, tmp_path):
     """The encoder-only teacher partitioned like the student's encoder; its per-epoch EMA (every
-    4 steps here) on the local partitions, across a resume at the epoch boundary."""
-    def launch(run_dir, steps):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
-               *tiny_mae, "model.drop_path=0.0", "method.name=sdae", "optim.momentum_teacher=0.5",
-               "data.batch_size=150", "optim.epochs=2", f"run.dir={run_dir}", f"run.max_steps={steps}",
-               "distributed.backend=deepspeed", "distributed.zero_stage=3", "optim.clip_grad=0"]
-        proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, _errors(proc.stderr)
-        return proc.stdout
-
-    launch(tmp_path / "straight", 8)
-    launch(tmp_path / "split", 4)
-    resumed = launch(tmp_path / "split", 8)
-    assert "resumed_from=" in resumed and "step_000000004" in resumed
-
-    def losses(run_dir):
-        return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
-
-    straight, split = losses(tmp_path / "straight"), losses(tmp_path / "split")
-    assert sorted(straight) == list(range(1, 9))
-    for step in range(5, 9):  # after the resume; steps 5-8 read the teacher of epoch 1's EMA
-        assert abs(straight[step] - split[step]) <= 1e-5 * abs(straight[step]), (step, straight, split)
+    4 steps here, momentum 0.5 so that it matters) on the local partitions, across a resume at
+    the epoch boundary: steps 5-8 read the teacher of epoch 1's EMA."""
+    _zero3_stop_and_resume(tmp_path, tiny_mae + ["model.drop_path=0.0", "method.name=sdae", "optim.momentum_teacher=0.5",
+                                                 "data.batch_size=150", "optim.epochs=2", "optim.clip_grad=0"],
+                           stop=4, end=8)

@@ -235,3 +235,14 @@ def test_bad_autoencoder_config_is_one_line_naming_the_key(tiny_mae, override, k
     with pytest.raises(ConfigError) as err:
         load_config(SDAE, tiny_mae + override)
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("recipe", [MAE, SDAE], ids=["mae", "sdae"])
+def test_cuda_graphs_give_the_eager_losses(tiny_mae, tmp_path, recipe):
+    overrides = tiny_mae + ["run.max_steps=4", "distributed.precision=fp32", "method.ema_every=step"]
+    Trainer(load_config(recipe, overrides + [f"run.dir={tmp_path / 'eager'}"])).fit()
+    Trainer(load_config(recipe, overrides + [f"run.dir={tmp_path / 'graphed'}", "train.cuda_graphs=true"])).fit()
+    a = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]
+    b = [r["loss"] for r in read_metrics(tmp_path / "graphed") if "loss" in r]
+    assert len(a) == len(b) == 4 and b == pytest.approx(a, rel=1e-4)

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.masking import keep_count
+from model.vit import num_patches
 from train.methods.passes import MASKS_THEN_TARGETS, PassRunner, StudentPass, as_draws
 
 LOSSES = ("byol", "infonce")
@@ -115,7 +116,7 @@ class ExtreMA(nn.Module):
 
     def describe_masks(self, views) -> str:
         x = views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         return f"one crop, two colourings; {self.n_masks} masks x {self.n_keep(n)} of {n} tokens"
 
     def targets(self, teacher, views, masks, sched: dict) -> dict[str, torch.Tensor]:
@@ -127,7 +128,7 @@ class ExtreMA(nn.Module):
         from model.masking import disjoint_keep_sets
 
         draws, x = as_draws(draws), views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         keep = disjoint_keep_sets(draws.rows(x.shape[0]), n, self.n_masks, self.n_keep(n), self.disjoint,
                                   generator=draws.shared, device=x.device)
         return {"keep": draws.local(keep), "tokens": n}

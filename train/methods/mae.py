@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from model.masking import keep_count
+from model.vit import num_patches
 from train.methods.passes import MASKS_THEN_TARGETS, PassRunner, StudentPass, as_draws
 
 
@@ -96,7 +97,7 @@ class MAE(nn.Module):
 
     def describe_masks(self, views) -> str:
         x = views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         return f"{self.n_masks} masks x {keep_count(n, self.mask_ratio)} of {n} tokens per decoded image"
 
     def masks(self, views, targets, draws) -> dict:
@@ -105,7 +106,7 @@ class MAE(nn.Module):
         from model.masking import disjoint_keep_sets
 
         draws, x = as_draws(draws), views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         keep = disjoint_keep_sets(draws.rows(x.shape[0]), n, self.n_masks, keep_count(n, self.mask_ratio),
                                   self.disjoint, generator=draws.shared, device=x.device)
         return {"keep": draws.local(keep), "tokens": n}

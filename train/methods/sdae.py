@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from model.masking import keep_count
+from model.vit import num_patches
 from train.methods.mae import encoder_features
 from train.methods.passes import MASKS_THEN_TARGETS, as_draws
 
@@ -79,7 +80,7 @@ class SdAE(nn.Module):
 
     def describe_masks(self, views) -> str:
         x = views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         n_keep = keep_count(n, self.mask_ratio)
         return (f"{n_keep} of {n} tokens visible; teacher: {self.n_folds} folds of "
                 f"{(n - n_keep) // self.n_folds} ({self.teacher_input})")
@@ -90,7 +91,7 @@ class SdAE(nn.Module):
         from model.masking import folds
 
         draws, x = as_draws(draws), views.global_views[0]
-        n = (x.shape[-2] // self.patch_size) * (x.shape[-1] // self.patch_size)
+        n = num_patches(x, self.patch_size)
         keep, fold = folds(draws.rows(x.shape[0]), n, keep_count(n, self.mask_ratio), self.n_folds, draws.shared,
                            x.device)
         return {"keep": draws.local(keep), "folds": draws.local(fold), "tokens": n}
