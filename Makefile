@@ -5,19 +5,24 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.hide-installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEMO   ?= runs/demo
+RECIPE ?=
+DEMO   ?= runs/demo$(if $(RECIPE),_$(RECIPE))
 PYTEST_ARGS ?= -q
 NPROC  ?= $(shell nproc 2>/dev/null || echo 1)
 
 .PHONY: demo test install sysdeps bench clean
 
 # The main job on the embedded default: train/configs/demo.yaml (a tiny ViT, iBOT + AttMask)
-# on one CPU process; it prints the k-NN top-1 at the start and the end. DEMO_ARGS adds
+# on one CPU process; it prints the k-NN top-1 at the start and the end. RECIPE=mae|sdae|extrema
+# trains train/configs/demo_$(RECIPE).yaml instead (into runs/demo_$(RECIPE)). DEMO_ARGS adds
 # key=value overrides (e.g. DEMO_ARGS="run.seed=1"). accelerate's launcher would set
 # OMP_NUM_THREADS=1 (one torch thread) for a single process; the demo uses every core.
 demo: $(STAMP)
+	@if [ -n "$(RECIPE)" ] && [ ! -f train/configs/demo_$(RECIPE).yaml ]; then \
+	  echo "make demo: RECIPE=$(RECIPE) has no train/configs/demo_$(RECIPE).yaml; use RECIPE=mae, sdae or extrema (or none: iBOT + AttMask)" >&2; exit 2; fi
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-	    --num_cpu_threads_per_process $(NPROC) train.py run.dir=$(DEMO) $(DEMO_ARGS)
+	    --num_cpu_threads_per_process $(NPROC) train.py $(if $(RECIPE),--config train/configs/demo_$(RECIPE).yaml) \
+	    run.dir=$(DEMO) $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
