@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from train import state
 from train.config import save_config, view_recipe
