@@ -6,7 +6,11 @@
 - ``mlp``        the BYOL projector (3 layers, 4096, LayerNorm + GELU, nothing after the last)
                  and predictor (2 layers) of ExtreMA; ``lcmae_head`` (Linear without bias ->
                  BatchNorm -> ReLU -> Linear) of LC-MAE.
-- ``sync_batchnorm``  BatchNorm -> SyncBatchNorm when training is distributed (LC-MAE).
+- ``sync_batchnorm``  every BatchNorm -> ``SyncBatchNorm`` when training is distributed: the
+                 batch statistics of all ranks, so that 2 processes on half batches compute what
+                 1 process computes on the whole batch. torch's SyncBatchNorm refuses CPU
+                 tensors; on a CPU (gloo) the subclass here sums the statistics with
+                 ``torch.distributed.nn.all_reduce`` (differentiable) instead.
 """
 from __future__ import annotations
 
@@ -42,12 +46,12 @@ class DINOHead(nn.Module):
 
 
 def mlp(dims: list[int], norm: str | None = "ln", act: type[nn.Module] = nn.GELU,
-        bias: bool = True) -> nn.Sequential:
+        bias: bool = True, last_bias: bool = True) -> nn.Sequential:
     """Linear layers through ``dims``; after every one but the last: norm ('ln', 'bn' or None) + act."""
     layers = []
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
         last = i == len(dims) - 2
-        layers.append(nn.Linear(a, b, bias=bias or last))
+        layers.append(nn.Linear(a, b, bias=last_bias if last else bias))
         if not last:
             if norm == "ln":
                 layers.append(nn.LayerNorm(b))
@@ -67,15 +71,61 @@ def byol_predictor(dim: int = 256, hidden_dim: int = 4096) -> nn.Sequential:
     return mlp([dim, hidden_dim, dim], norm="ln")
 
 
-def lcmae_head(in_dim: int, out_dim: int = 256, hidden_dim: int = 4096, depth: int = 2) -> nn.Sequential:
-    """LC-MAE head: (Linear without bias -> BatchNorm -> ReLU) x (depth - 1) -> Linear."""
-    return mlp([in_dim] + [hidden_dim] * (depth - 1) + [out_dim], norm="bn", act=nn.ReLU, bias=False)
+def lcmae_head(in_dim: int, out_dim: int, hidden_dim: int = 4096, depth: int = 2) -> nn.Sequential:
+    """LC-MAE head or predictor (the authors' code): (Linear -> BatchNorm -> ReLU) x (depth - 1)
+    -> Linear, no Linear with a bias, nothing after the last."""
+    if depth < 1:
+        raise ValueError(f"an LC-MAE head needs depth >= 1, not {depth}")
+    return mlp([in_dim] + [hidden_dim] * (depth - 1) + [out_dim], norm="bn", act=nn.ReLU, bias=False, last_bias=False)
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, which also runs on CPU tensors (gloo): there the per-channel
+    count, sum and sum of squares are summed over the ranks with a differentiable all-reduce,
+    the batch is normalised by the global mean and biased variance, and the running
+    statistics take the global unbiased variance, as torch's kernel does on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
+        if x.device.type != "cpu" or not self.training or world == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0] + list(range(2, x.dim()))
+        xf = x.float()
+        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float32)
+        stats = torch.cat([count, xf.sum(dims), (xf * xf).sum(dims)])
+        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        n, c = stats[0], x.shape[1]
+        mean = stats[1:1 + c] / n
+        var = stats[1 + c:] / n - mean * mean
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
 
 
 def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """SyncBatchNorm in place of BatchNorm when torch.distributed runs on more than one rank."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    """Every BatchNorm of ``module`` (in place) -> ``SyncBatchNorm`` with the same state, when
+    torch.distributed runs on more than one rank; else ``module`` unchanged."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return module
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats).to(next(iter(child.state_dict().values())).device)
+            sync.load_state_dict(child.state_dict())
+            sync.train(child.training)
+            setattr(module, name, sync)
+        else:
+            sync_batchnorm(child)
     return module
 
 

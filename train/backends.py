@@ -5,7 +5,8 @@ Both present the same small surface to the engine:
     teacher        a callable running the EMA teacher (no grad; ZeRO-3 gathers its partitions),
                    or None for a method without a teacher (then teacher_module is None too)
     backward(loss); step(clip, freeze_last) -> None; zero_grad()
-    ema(momentum)  theta_t <- m theta_t + (1 - m) theta_s on what this rank holds
+    ema(momentum)  theta_t <- m theta_t + (1 - m) theta_s on what this rank holds (parameters,
+                   then floating-point buffers: BatchNorm's running statistics)
     save(tmp) / load(path) the engine-owned state (optimizer; DeepSpeed's own files)
 
 Why DeepSpeed is driven by ``deepspeed.initialize`` and not accelerate's DeepSpeed plugin:
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from train.ema import copy_into_teacher, ema_update, paired_parameters
+from train.ema import copy_into_teacher, ema_update, paired_buffers, paired_parameters
 from train.optim import apply_schedules, clip_per_parameter, param_groups
 
 DS_CONFIGS = Path(__file__).parent / "configs" / "deepspeed"
@@ -39,7 +40,7 @@ class DDPBackend:
         self.student, self.optimizer = accelerator.prepare(student, optimizer)
         self.last_layer = list(last_layer)
         self.params = [p for p in student.parameters() if p.requires_grad]
-        self.pairs = paired_parameters(teacher, student) if teacher is not None else ([], [])
+        self.pairs = _pairs(teacher, student, lambda p: p) if teacher is not None else ([], [])
         self.teacher = self._teach if teacher is not None else None
 
     def _teach(self, *args, **kwargs):
@@ -73,6 +74,14 @@ class DDPBackend:
 
     def load(self, path: Path) -> None:
         pass
+
+
+def _pairs(teacher: nn.Module, student: nn.Module, local) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """What the EMA updates: the paired parameters (``local``: the tensor this rank holds of
+    each), then the paired floating-point buffers (never partitioned)."""
+    t, s = paired_parameters(teacher, student)
+    tb, sb = paired_buffers(teacher, student)
+    return [local(p) for p in t] + tb, [local(p) for p in s] + sb
 
 
 def deepspeed_config(stage: int, micro_batch: int, clip: float) -> dict:
@@ -111,8 +120,8 @@ class DeepSpeedBackend:
         if stage == 3 and teacher is not None:  # the same per-parameter split as the student's: identical local partitions
             deepspeed.zero.Init(module=teacher, config_dict_or_path=config)
         self.module, self.teacher_module = student, teacher
-        t, s = paired_parameters(teacher, student) if teacher is not None else ([], [])
-        self.pairs = ([p.ds_tensor for p in t], [p.ds_tensor for p in s]) if stage == 3 else (t, s)
+        local = (lambda p: p.ds_tensor) if stage == 3 else (lambda p: p)  # ZeRO-3: this rank's partitions
+        self.pairs = _pairs(teacher, self.module, local) if teacher is not None else ([], [])
         self.teacher = self._teach if teacher is not None else None
 
     def _teach(self, *args, **kwargs):

@@ -18,8 +18,9 @@ DEFAULTS = CONFIGS / "default.yaml"
 DEMO = CONFIGS / "demo.yaml"
 EMBEDDED = ("embedded:train", "embedded:val")
 MASKINGS = ("attmask_high", "attmask_low", "attmask_hint", "block", "random", "none")
-METHODS = ("ibot", "dino", "extrema", "mae", "sdae")
-VIEWS = {"extrema": "shared_crop_two_colors", "mae": "single_rrc", "sdae": "single_rrc"}  # others: multicrop
+METHODS = ("ibot", "dino", "extrema", "mae", "sdae", "lcmae")
+VIEWS = {"extrema": "shared_crop_two_colors", "mae": "single_rrc", "sdae": "single_rrc",
+         "lcmae": "src_pair"}  # others: multicrop
 
 
 class ConfigError(ValueError):
@@ -140,12 +141,15 @@ def multicrop_recipe(d: DictConfig):
 
 def view_recipe(cfg: DictConfig):
     """The views the method trains on: multi-crop (iBOT, DINO), one crop with two colourings
-    (ExtreMA: view 1 for the student, view 2 for the teacher), one RandomResizedCrop (MAE, SdAE)."""
+    (ExtreMA: view 1 for the student, view 2 for the teacher), one RandomResizedCrop (MAE, SdAE),
+    two simple resized crops, the second coloured (LC-MAE)."""
     name = VIEWS.get(cfg.method.name, "multicrop")
     if name == "multicrop":
         return multicrop_recipe(cfg.data)
     from data.views import build_recipe
 
+    if name == "src_pair":  # no scale: the shorter side goes to the crop size
+        return build_recipe(name, size=cfg.data.global_size)
     return build_recipe(name, size=cfg.data.global_size, scale=tuple(cfg.data.global_scale))
 
 
@@ -200,7 +204,7 @@ def validate(cfg: DictConfig) -> None:
              "must be 0 for dino (DINO has no masked-patch term); use method.name=ibot for it")
     if method == "extrema":
         _check_extrema(cfg, patch)
-    if method in ("mae", "sdae"):
+    if method in ("mae", "sdae", "lcmae"):
         _check_autoencoder(cfg, patch)
     for key in ("method.student_temp", "method.teacher_temp", "method.warmup_teacher_temp",
                 "method.teacher_patch_temp", "method.warmup_teacher_patch_temp"):
@@ -270,7 +274,9 @@ def _check_autoencoder(cfg: DictConfig, patch: int) -> None:
     n = (cfg.data.global_size // patch) ** 2
     n_keep = keep_count(n, lo)
     _require(n_keep < n, "method.mask_ratio", f"keeps all {n} tokens at r = {lo}: nothing is masked; raise it")
-    if cfg.method.name == "mae":
+    if cfg.method.name == "lcmae":
+        _check_lcmae(cfg, n, n_keep)
+    if cfg.method.name in ("mae", "lcmae"):
         k = _number(cfg, "method.n_masks", 1, integer=True)
         if OmegaConf.select(cfg, "method.disjoint") is True:
             _require(k * n_keep <= n, "method.n_masks",
@@ -281,3 +287,23 @@ def _check_autoencoder(cfg: DictConfig, patch: int) -> None:
     _require((n - n_keep) // t >= 1, "method.folds",
              f"{n - n_keep} masked tokens cannot fill {t} folds (no target); use at most {n - n_keep}")
     _choice(cfg, "method.teacher_input", ("folds", "full"))
+
+
+def _check_lcmae(cfg: DictConfig, n: int, n_keep: int) -> None:
+    """LC-MAE: its heads, the guidance weight, BatchNorm's need for two rows, the two-view form."""
+    from train.methods.lcmae import VIEWS as LCMAE_VIEWS
+
+    for key in ("model.guide_hidden", "model.guide_head_depth", "model.guide_pred_depth"):
+        _number(cfg, key, 1, integer=True)
+    _number(cfg, "method.guidance_weight", 0.0)
+    _require(cfg.data.batch_size >= 2, "data.batch_size",
+             "lcmae's heads have BatchNorm, which needs at least 2 images per process; use 2 or more")
+    views = _choice(cfg, "method.views", LCMAE_VIEWS)
+    if views == "two":
+        r = cfg.method.mask_ratio[0]
+        _require(r >= 0.5, "method.mask_ratio", f"method.views=two gives the two views disjoint visible sets, "
+                                                f"which needs r >= 0.5, not {r}; raise it or use method.views=one")
+        _require(cfg.method.n_masks == 1, "method.n_masks",
+                 f"method.views=two takes one mask per view, not {cfg.method.n_masks}; use method.n_masks=1 "
+                 f"or method.views=one")
+        _require(2 * n_keep <= n, "method.mask_ratio", f"two disjoint sets of {n_keep} of {n} tokens do not fit")

@@ -1,5 +1,7 @@
 """The EMA teacher update: theta_t <- m * theta_t + (1 - m) * theta_s, for every parameter
-the teacher has, as two fused ``torch._foreach`` kernels (no Python loop over tensors)."""
+the teacher has and every floating-point buffer (BatchNorm's running mean and variance: a
+teacher in eval mode normalises with the EMA of the student's statistics, as timm's ModelEma
+and LC-MAE's code do), as two fused ``torch._foreach`` kernels (no Python loop over tensors)."""
 from __future__ import annotations
 
 import torch
@@ -17,6 +19,19 @@ def paired_parameters(teacher: nn.Module, student: nn.Module) -> tuple[list[torc
     for name, p in t.items():
         if p.shape != s[name].shape:
             raise ValueError(f"{name}: teacher {tuple(p.shape)} vs student {tuple(s[name].shape)}")
+    names = list(t)
+    return [t[n] for n in names], [s[n] for n in names]
+
+
+def paired_buffers(teacher: nn.Module, student: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The teacher's floating-point buffers and the student's of the same names (integer ones,
+    e.g. BatchNorm's batch counter, are not averaged)."""
+    s = dict(student.named_buffers())
+    saved = teacher.state_dict().keys()  # persistent buffers only (not fixed position tables)
+    t = {n: b for n, b in teacher.named_buffers() if b.is_floating_point() and n in saved}
+    missing = sorted(set(t) - set(s))
+    if missing:
+        raise ValueError(f"teacher buffers without a student counterpart: {missing[:5]}")
     names = list(t)
     return [t[n] for n in names], [s[n] for n in names]
 

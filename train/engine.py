@@ -103,11 +103,16 @@ class Trainer:
         self.global_batch = d.batch_size * self.world
 
     def _build_model(self) -> None:
+        from model.heads import sync_batchnorm
         from train.backends import DDPBackend, DeepSpeedBackend
         from train.ema import copy_into_teacher
 
         o = self.cfg.optim
-        build_student, build_teacher, self.method = build_method(self.cfg)
+        build_method_student, build_teacher, self.method = build_method(self.cfg)
+
+        def build_student():  # any BatchNorm in it normalises over the whole world's batch
+            return sync_batchnorm(build_method_student())
+
         self.method.to(self.device)
         if self.cfg.distributed.backend == "deepspeed":
             self.backend = DeepSpeedBackend(build_student, build_teacher, lambda s: s.last_layer_parameters(),

@@ -30,10 +30,12 @@ def test_byol_and_lcmae_heads_have_the_recipe_layers():
     assert [type(m) for m in proj] == [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear]
     assert (proj[0].in_features, proj[3].out_features, proj[6].out_features) == (64, 4096, 256)
     assert [type(m) for m in pred] == [nn.Linear, nn.LayerNorm, nn.GELU, nn.Linear]
-    head = lcmae_head(64)
+    head = lcmae_head(64, 64)
     assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
-    assert head[0].bias is None and head(torch.randn(4, 64)).shape == (4, 256)
-    assert sync_batchnorm(head) is head  # not distributed: unchanged
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (64, 4096, 64)
+    assert head[0].bias is None and head[3].bias is None  # the authors' code: no Linear has a bias
+    assert head(torch.randn(4, 64)).shape == (4, 64)
+    assert sync_batchnorm(head) is head and type(head[1]) is nn.BatchNorm1d  # not distributed: unchanged
 
 
 def test_patchify_round_trips_and_lays_out_patches_row_major():

@@ -5,7 +5,7 @@
 ``method`` is pure (train/methods/passes.py: targets, masks, student_passes, losses) and
 declares what the engine applies:
 
-    step_order   TARGETS_THEN_MASKS (AttMask) | MASKS_THEN_TARGETS (MAE, SdAE, ExtreMA)
+    step_order   TARGETS_THEN_MASKS (AttMask) | MASKS_THEN_TARGETS (MAE, SdAE, LC-MAE, ExtreMA)
     ema_every    "step" | "epoch" (the teacher EMA's cadence) | None: no teacher at all
     knn_on       "teacher" | "student": whose features the k-NN monitor reads
     schedules(iters_per_epoch, total) -> {name: [total] array}: its own per-step values
@@ -13,13 +13,13 @@ declares what the engine applies:
 
 The two builders make the student (with drop-path) and the teacher (without; ExtreMA's
 without the predictor; SdAE's the encoder only); ``build_teacher`` is None when there is no
-teacher (MAE). This factory is the one place that reads the config tree.
+teacher (MAE); LC-MAE's target network is its encoder and head. This factory is the one place that reads the config tree.
 """
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-NAMES = ("ibot", "dino", "extrema", "mae", "sdae")
+NAMES = ("ibot", "dino", "extrema", "mae", "sdae", "lcmae")
 
 
 def build_method(cfg):
@@ -37,6 +37,14 @@ def build_method(cfg):
 
         method = ExtreMA(mc.mask_ratio[0], mc.n_masks, mc.disjoint, mc.loss, mc.infonce_temp, patch)
         student, teacher = (lambda: net(m.drop_path, True)), (lambda: net(0.0, False))
+    elif mc.name == "lcmae":
+        from train.methods.lcmae import LCMAE, LCMAENet, LCMAETarget
+
+        grid = (cfg.data.global_size // patch,) * 2
+        method = LCMAE(mc.mask_ratio[0], mc.n_masks, mc.guidance_weight, mc.views, mc.norm_pix, mc.disjoint, patch)
+        student = lambda: LCMAENet(m.arch, kwargs, m.drop_path, grid, m.decoder_dim, m.decoder_depth,  # noqa: E731
+                                   m.decoder_heads, m.guide_hidden, m.guide_head_depth, m.guide_pred_depth)
+        teacher = lambda: LCMAETarget(m.arch, kwargs, m.guide_hidden, m.guide_head_depth)  # noqa: E731
     elif mc.name in ("mae", "sdae"):
         from train.methods.mae import MAE, MaskedAutoencoder
 

@@ -144,16 +144,24 @@ class ExtreMA(nn.Module):
         else:
             per_mask = [infonce_loss(o["q"], z, self.temperature) for o in outputs]
         ratio = 1.0 - masks["keep"].shape[-1] / masks["tokens"]
-        with torch.no_grad():  # the SimSiam/BYOL collapse monitor, scaled so that 1 = spread, 0 = collapsed
-            spread = F.normalize(z.float(), dim=-1).std(0, unbiased=False).mean() * z.shape[-1] ** 0.5
         return {"loss": torch.stack(per_mask).mean(), "mask_ratio": torch.tensor(ratio, device=z.device),
-                "target_spread": spread}
+                "target_spread": projection_spread(z)}
 
     def collapse_warning(self, row: dict) -> str | None:
-        """One line for the log when the teacher's projections are nearly the same for every image."""
-        spread = row.get("target_spread")
-        if spread is None or not spread < 0.1:
-            return None
-        return (f"the teacher's projections are nearly the same for every image (target_spread {spread:.3f}; "
-                f"about 1 when they spread, 0 when collapsed): the students have nothing left to predict; "
-                f"see the README, 'Collapse'")
+        return spread_warning(row, "the teacher's projections")
+
+
+@torch.no_grad()
+def projection_spread(z: torch.Tensor) -> torch.Tensor:
+    """The SimSiam/BYOL collapse monitor: the per-dimension std over the batch of the
+    L2-normalised targets z [B, D], times sqrt(D): about 1 when they spread, 0 when collapsed."""
+    return F.normalize(z.float(), dim=-1).std(0, unbiased=False).mean() * z.shape[-1] ** 0.5
+
+
+def spread_warning(row: dict, what: str) -> str | None:
+    """One line for the log when the targets are nearly the same for every image."""
+    spread = row.get("target_spread")
+    if spread is None or not spread < 0.1:
+        return None
+    return (f"{what} are nearly the same for every image (target_spread {spread:.3f}; about 1 when they "
+            f"spread, 0 when collapsed): the students have nothing left to predict; see the README, 'Collapse'")

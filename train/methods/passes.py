@@ -25,7 +25,10 @@ Passes of one group differ only in ``own``, so the engine may
 Both give the same numbers for the same passes (up to float summation order); the student
 module sees a single ``forward`` call per step either way, which DDP and DeepSpeed require.
 A net that runs passes implements ``run_group(group, shared, own) -> dict`` whose outputs have
-B*P rows ordered b*P + p, and inherits ``forward`` from ``PassRunner``.
+B*P rows ordered b*P + p, and inherits ``forward`` from ``PassRunner``. It may also implement
+``finish_group(group, out) -> dict``, run once per group on the B*P rows of all its passes in
+either mode: what must see every pass at once (LC-MAE's heads, whose BatchNorm statistics
+cover all B*K rows) goes there, so that the loop computes what the batched form computes.
 """
 from __future__ import annotations
 
@@ -46,7 +49,8 @@ class StudentPass:
     own: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def run_passes(run_group, passes: list[StudentPass], mode: str = "batched") -> list[dict[str, torch.Tensor]]:
+def run_passes(run_group, passes: list[StudentPass], mode: str = "batched",
+               finish_group=None) -> list[dict[str, torch.Tensor]]:
     """Outputs of every pass, in the order of ``passes`` (each output has the pass's batch first)."""
     if mode not in MODES:
         raise ValueError(f"student pass mode {mode!r}: choose one of {', '.join(MODES)}")
@@ -62,12 +66,14 @@ def run_passes(run_group, passes: list[StudentPass], mode: str = "batched") -> l
                     or passes[i].own.keys() != first.own.keys():
                 raise ValueError(f"passes of group {group!r} must share the same tensors and own the same keys")
         if mode == "loop" or len(idx) == 1:
-            for i in idx:
-                p = passes[i]
-                outputs[i] = run_group(group, p.shared, {k: v.unsqueeze(1) for k, v in p.own.items()})
-            continue
-        own = {k: torch.stack([passes[i].own[k] for i in idx], dim=1) for k in first.own}   # [B, P, ...]
-        out = run_group(group, first.shared, own)                                            # [B*P, ...]
+            each = [run_group(group, passes[i].shared, {k: v.unsqueeze(1) for k, v in passes[i].own.items()})
+                    for i in idx]                                                            # P x [B, ...]
+            out = {k: torch.stack([o[k] for o in each], dim=1).flatten(0, 1) for k in each[0]}  # [B*P, ...]
+        else:
+            own = {k: torch.stack([passes[i].own[k] for i in idx], dim=1) for k in first.own}   # [B, P, ...]
+            out = run_group(group, first.shared, own)                                            # [B*P, ...]
+        if finish_group is not None:
+            out = finish_group(group, out)
         for j, i in enumerate(idx):
             outputs[i] = {k: v.unflatten(0, (-1, len(idx)))[:, j] for k, v in out.items()}
     return outputs
@@ -105,10 +111,14 @@ class PassRunner(nn.Module):
     """``forward(passes, mode)``: every pass in one module call (see the module docstring)."""
 
     def forward(self, passes: list[StudentPass], mode: str = "batched") -> list[dict[str, torch.Tensor]]:
-        return run_passes(self.run_group, passes, mode)
+        return run_passes(self.run_group, passes, mode, self.finish_group)
 
     def run_group(self, group: str, shared: dict, own: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def finish_group(self, group: str, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What runs once on the B*P rows of every pass of ``group`` (default: nothing)."""
+        return out
 
 
 def targets_and_masks(method, teacher, views, sched: dict, generator: torch.Generator) -> tuple:
