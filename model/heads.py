@@ -6,11 +6,12 @@
 - ``mlp``        the BYOL projector (3 layers, 4096, LayerNorm + GELU, nothing after the last)
                  and predictor (2 layers) of ExtreMA; ``lcmae_head`` (Linear without bias ->
                  BatchNorm -> ReLU -> Linear) of LC-MAE.
-- ``sync_batchnorm``  every BatchNorm -> ``SyncBatchNorm`` when training is distributed: the
-                 batch statistics of all ranks, so that 2 processes on half batches compute what
-                 1 process computes on the whole batch. torch's SyncBatchNorm refuses CPU
-                 tensors; on a CPU (gloo) the subclass here sums the statistics with
-                 ``torch.distributed.nn.all_reduce`` (differentiable) instead.
+- ``sync_batchnorm``  every BatchNorm synchronised when training is distributed: the batch
+                 statistics of all ranks, so that 2 processes on half batches compute what 1
+                 process computes on the whole batch. torch's SyncBatchNorm on a GPU; it refuses
+                 CPU tensors (and DDP refuses it on CPU modules), so on a CPU (gloo)
+                 ``CPUSyncBatchNorm`` sums the statistics with ``torch.distributed.nn``'s
+                 differentiable all-reduce instead.
 """
 from __future__ import annotations
 
@@ -79,24 +80,24 @@ def lcmae_head(in_dim: int, out_dim: int, hidden_dim: int = 4096, depth: int = 2
     return mlp([in_dim] + [hidden_dim] * (depth - 1) + [out_dim], norm="bn", act=nn.ReLU, bias=False, last_bias=False)
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch's SyncBatchNorm, which also runs on CPU tensors (gloo): there the per-channel
+class CPUSyncBatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d whose training-mode statistics cover every rank, for CPU processes (gloo),
+    where torch's SyncBatchNorm refuses to run (and DDP refuses to wrap it): the per-channel
     count, sum and sum of squares are summed over the ranks with a differentiable all-reduce,
     the batch is normalised by the global mean and biased variance, and the running
-    statistics take the global unbiased variance, as torch's kernel does on a GPU."""
+    statistics take the global unbiased variance, as torch's SyncBatchNorm does on a GPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        world = dist.get_world_size(self.process_group) if dist.is_available() and dist.is_initialized() else 1
-        if x.device.type != "cpu" or not self.training or world == 1:
+        if not self.training or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return super().forward(x)
         from torch.distributed.nn.functional import all_reduce
 
-        dims = [0] + list(range(2, x.dim()))
         xf = x.float()
-        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=torch.float32)
-        stats = torch.cat([count, xf.sum(dims), (xf * xf).sum(dims)])
-        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
-        n, c = stats[0], x.shape[1]
+        c = x.shape[1]
+        rows = xf.transpose(0, 1).reshape(c, -1)                                   # [C, rows]
+        stats = torch.cat([torch.full((1,), float(rows.shape[1])), rows.sum(1), (rows * rows).sum(1)])
+        stats = all_reduce(stats)                                                  # summed over the ranks
+        n = stats[0]
         mean = stats[1:1 + c] / n
         var = stats[1 + c:] / n - mean * mean
         if self.track_running_stats:
@@ -112,20 +113,23 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return y.to(x.dtype)
 
 
-def sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``module`` (in place) -> ``SyncBatchNorm`` with the same state, when
-    torch.distributed runs on more than one rank; else ``module`` unchanged."""
+def sync_batchnorm(module: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Every BatchNorm of ``module`` synchronised over the ranks when torch.distributed runs
+    on more than one: torch's SyncBatchNorm for a GPU ``device``, ``CPUSyncBatchNorm`` (same
+    state) for the CPU; else ``module`` unchanged."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return module
+    if torch.device(device).type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                 child.track_running_stats).to(next(iter(child.state_dict().values())).device)
+        if isinstance(child, nn.BatchNorm1d) and not isinstance(child, CPUSyncBatchNorm):
+            sync = CPUSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
             sync.load_state_dict(child.state_dict())
             sync.train(child.training)
             setattr(module, name, sync)
         else:
-            sync_batchnorm(child)
+            sync_batchnorm(child, device)
     return module
 
 

@@ -111,7 +111,7 @@ class Trainer:
         build_method_student, build_teacher, self.method = build_method(self.cfg)
 
         def build_student():  # any BatchNorm in it normalises over the whole world's batch
-            return sync_batchnorm(build_method_student())
+            return sync_batchnorm(build_method_student(), self.device)
 
         self.method.to(self.device)
         if self.cfg.distributed.backend == "deepspeed":

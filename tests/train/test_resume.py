@@ -22,16 +22,18 @@ def _cmd(tiny, run_dir):
 
 
 # iBOT + AttMask (demo.yaml), and SdAE: masks drawn before a teacher of the folds, its EMA every
-# 8 steps (batch 150: an epoch), so that the restart falls between two of them
+# 8 steps (batch 150: an epoch), so that the restart falls between two of them; LC-MAE: the
+# heads' BatchNorm running statistics (student and target network) and its guidance term
 METHODS = {"ibot": ("tiny", []),
-           "sdae": ("tiny_mae", ["method.name=sdae", "data.batch_size=150", "optim.epochs=5"])}
+           "sdae": ("tiny_mae", ["method.name=sdae", "data.batch_size=150", "optim.epochs=5"]),
+           "lcmae": ("tiny_mae", ["method.name=lcmae", "model.guide_hidden=48", "method.n_masks=2"])}
 
 
 def _losses(run_dir) -> dict[int, tuple]:
     out = {}
     for row in read_metrics(run_dir):  # a step logged twice (before the kill and after) keeps the last
         if "loss" in row:
-            out[row["step"]] = (row["loss"], row.get("mim", 0.0), row["mask_ratio"])
+            out[row["step"]] = (row["loss"], row.get("mim", 0.0), row.get("guidance", 0.0), row["mask_ratio"])
     return out
 
 
