@@ -19,7 +19,7 @@ NPROC  ?= $(shell nproc 2>/dev/null || echo 1)
 # OMP_NUM_THREADS=1 (one torch thread) for a single process; the demo uses every core.
 demo: $(STAMP)
 	@if [ -n "$(RECIPE)" ] && [ ! -f train/configs/demo_$(RECIPE).yaml ]; then \
-	  echo "make demo: RECIPE=$(RECIPE) has no train/configs/demo_$(RECIPE).yaml; use RECIPE=mae, sdae or extrema (or none: iBOT + AttMask)" >&2; exit 2; fi
+	  echo "make demo: RECIPE=$(RECIPE) has no train/configs/demo_$(RECIPE).yaml; use RECIPE=mae, sdae, lcmae or extrema (or none: iBOT + AttMask)" >&2; exit 2; fi
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
 	    --num_cpu_threads_per_process $(NPROC) train.py $(if $(RECIPE),--config train/configs/demo_$(RECIPE).yaml) \
 	    run.dir=$(DEMO) $(DEMO_ARGS)

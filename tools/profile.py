@@ -10,6 +10,7 @@ the same run.
     python tools/profile.py train --recipe extrema [--masks K] --compare naive [key=value ...]
     python tools/profile.py train --recipe sdae --compare {mae,full_teacher} [key=value ...]
     python tools/profile.py train --recipe mae --masks K [key=value ...]     (against one mask)
+    python tools/profile.py train --recipe lcmae [--masks K] --compare {mae,naive} [key=value ...]
 
 convert: the converter (re-encoding, and with pass-through) against a naive single-process
 PIL loop on the same generated ImageNet-like trees (see data/shards/benchmark.py).
@@ -68,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="ibot_attmask")
     t.add_argument("--data", default="embedded:train", help="shards folder (default: the embedded dataset)")
     t.add_argument("--compare", help="what to time the step against: another method.masking (e.g. block), "
-                                     "naive, mae or full_teacher (sdae), one_mask (mae)")
-    t.add_argument("--masks", type=int, help="ExtreMA: student masks K; MAE: masks per decoded image (method.n_masks)")
+                                     "naive, mae or full_teacher (sdae), one_mask (mae), mae or naive (lcmae)")
+    t.add_argument("--masks", type=int, help="ExtreMA, LC-MAE: student masks K against one teacher forward; MAE: masks per "
+                                                  "decoded image (method.n_masks)")
     t.add_argument("--steps", type=int, default=10, help="timed steps (medians reported)")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=32 model.arch=vit_base_patch16_224")
@@ -80,12 +82,13 @@ CPU_BATCH = 16  # train: the batch per process on a CPU, unless data.batch_size=
 
 TRAIN_RECIPES = {"ibot_attmask": "ibot_attmask_vits16.yaml", "dino_attmask": "dino_attmask_vits16.yaml",
                  "demo": "demo.yaml", "extrema": "extrema_vits16.yaml", "extrema_vitb16": "extrema_vitb16.yaml",
-                 "mae": "mae_vitb16.yaml", "sdae": "sdae_vitb16.yaml"}
+                 "mae": "mae_vitb16.yaml", "sdae": "sdae_vitb16.yaml", "lcmae": "lcmae_vitb16.yaml",
+                 "lcmae_vits16": "lcmae_vits16.yaml"}
 # what each recipe's step can be timed against (train/benchmark.py); --masks: K masks of one image
 COMPARES = {"ibot_attmask": "maskings", "dino_attmask": "maskings", "demo": "maskings",  # train.config.MASKINGS
             "extrema": ("naive",), "extrema_vitb16": ("naive",), "mae": ("one_mask",),
-            "sdae": ("mae", "full_teacher", "naive")}
-MASKS = ("extrema", "extrema_vitb16", "mae")
+            "sdae": ("mae", "full_teacher", "naive"), "lcmae": ("mae", "naive"), "lcmae_vits16": ("mae", "naive")}
+MASKS = ("extrema", "extrema_vitb16", "mae", "lcmae", "lcmae_vits16")
 
 
 def _cuda() -> bool:

@@ -172,3 +172,16 @@ def test_a_short_run_trains_and_logs_both_terms(tiny_mae):
     assert summary["steps"] == 3 and len(rows) == 3
     assert all(r["loss"] == pytest.approx(r["mim"] + 1.0 * r["guidance"], rel=1e-5) for r in rows)
     assert all(0 <= r["guidance"] <= 4 and 0 < r["target_spread"] for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graphs_give_the_eager_losses(tiny_mae, tmp_path):
+    """The heads' BatchNorm (its running statistics updated inside the captured region) included."""
+    from train.metrics import read_metrics
+
+    overrides = tiny_mae + HEADS + ["run.max_steps=4", "distributed.precision=fp32", "method.n_masks=2"]
+    Trainer(load_config(LCMAE, overrides + [f"run.dir={tmp_path / 'eager'}"])).fit()
+    Trainer(load_config(LCMAE, overrides + [f"run.dir={tmp_path / 'graphed'}", "train.cuda_graphs=true"])).fit()
+    a = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]
+    b = [r["loss"] for r in read_metrics(tmp_path / "graphed") if "loss" in r]
+    assert len(a) == len(b) == 4 and b == pytest.approx(a, rel=1e-4)

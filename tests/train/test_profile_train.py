@@ -28,7 +28,7 @@ def test_train_profile_bad_arguments_are_one_line_errors(run_cli, tiny, tmp_path
     proc = run_cli("profile.py", "train", "--recipe", "extrema", "--compare", "block")
     assert proc.returncode == 2 and "--compare for the extrema recipe must be one of naive" in proc.stderr
     proc = run_cli("profile.py", "train", "--recipe", "demo", "--masks", "3")
-    assert proc.returncode == 2 and "--masks K (>= 1) applies to the extrema, extrema_vitb16, mae recipes only" in proc.stderr
+    assert proc.returncode == 2 and "--masks K (>= 1) applies to the extrema, extrema_vitb16, mae, lcmae, lcmae_vits16 recipes only" in proc.stderr
 
 
 def test_train_profile_extrema_shared_against_naive(run_cli, tiny_extrema, embedded_dir):
@@ -59,7 +59,7 @@ TINY_VIT = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwar
             "model.kwargs.num_heads=2", "model.kwargs.depth=2", "data.global_size=32", "data.local_size=16",
             "data.n_local=2", "model.out_dim=64", "model.head_hidden=32", "model.head_bottleneck=16",
             "model.proj_hidden=48", "model.pred_hidden=48", "model.proj_dim=16", "data.workers=1",
-            "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2"]
+            "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2", "model.guide_hidden=48"]
 
 
 def test_the_readmes_train_profiles_run_with_their_documented_defaults(run_cli, embedded_dir):
@@ -130,3 +130,19 @@ def test_train_profile_mae_k_masks_per_decoded_image_against_one(run_cli, tiny_m
     assert abs(k4["data_wait_ms_per_sequence"] * 4 - k1["data_wait_ms_per_sequence"]) < 1e-3  # one loader
     assert abs(k4["sequences_per_s"] - 16 * 4 / (k4["step_ms"] / 1e3)) < 0.01
     assert "step_time_masks_4_over_one_mask" in out["ratio"]
+
+
+def test_train_profile_lcmae_against_mae_and_against_a_target_forward_per_mask(run_cli, tiny_mae, embedded_dir):
+    tiny = _tiny_mae_overrides(tiny_mae) + ["model.guide_hidden=48"]
+    proc = run_cli("profile.py", "train", "--recipe", "lcmae", "--compare", "mae", "--data", embedded_dir / "train",
+                   "--steps", "2", "--warmup", "1", *tiny, check=True)
+    out = json.loads(proc.stdout)
+    assert out["method"] == "lcmae" and "target: view 2, all tokens" in out["views"]
+    assert out["lcmae"]["phase_calls_per_step"]["teacher"] == 1 and "teacher" not in out["mae"]["phase_calls_per_step"]
+    assert out["ratio"]["goal"] == 1.45
+    assert abs(out["ratio"]["step_time_lcmae_over_mae"] - out["lcmae"]["step_ms"] / out["mae"]["step_ms"]) < 1e-3
+    proc = run_cli("profile.py", "train", "--recipe", "lcmae", "--masks", "4", "--compare", "naive", "--data",
+                   embedded_dir / "train", "--steps", "2", "--warmup", "1", *tiny, check=True)
+    out = json.loads(proc.stdout)
+    assert "4 masks x 4 of 16 tokens of view 1" in out["views"] and out["ratio"]["goal"] == 0.8
+    assert out["naive"]["phase_calls_per_step"]["teacher"] == 4 and out["shared"]["phase_calls_per_step"]["teacher"] == 1
