@@ -61,7 +61,8 @@ def _parameter_bytes(module: torch.nn.Module) -> int:
 
 def estimate_step_memory(trainer, views) -> StepMemory:
     """Memory of one training step of ``trainer`` at the batch size of ``views`` (see above).
-    The method's state (iBOT's centers) is restored after the probe."""
+    The method's state (iBOT's centers) and the modules' buffers (BatchNorm's running
+    statistics) are restored after the probe."""
     b = trainer.backend
     modules = [m for m in (b.module, b.teacher_module) if m is not None]  # no teacher: MAE
     static = 4 * _parameter_bytes(b.module) + sum(_parameter_bytes(m) for m in modules[1:])
@@ -81,6 +82,7 @@ def estimate_step_memory(trainer, views) -> StepMemory:
     batch = views.labels.shape[0]
     probe = slice_views(views, min(PROBE_IMAGES, batch))
     state = {k: v.clone() for k, v in trainer.method.state_dict().items()}
+    buffers = [(buf, buf.clone()) for m in modules for buf in m.buffers()]  # BatchNorm's running statistics
     sched = {k: float(v[0]) for k, v in trainer.schedules.items()}
     generator = torch.Generator(trainer.device).manual_seed(0)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
@@ -89,6 +91,9 @@ def estimate_step_memory(trainer, views) -> StepMemory:
         losses = trainer.compute_losses(probe, sched, generator)
     del losses
     trainer.method.load_state_dict(state)
+    with torch.no_grad():
+        for buf, before in buffers:
+            buf.copy_(before)
     per_image = saved / probe.labels.shape[0]
     return StepMemory(static, int(per_image * batch * TRANSIENT_MARGIN), batch)
 

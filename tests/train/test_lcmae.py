@@ -35,6 +35,7 @@ def test_the_recipes_are_the_papers(tiny_mae):
             (1.5e-4, 40, 1600, 0.05)
     trainer = _trainer(tiny_mae)
     assert trainer.loader.recipe.name == "src_pair" and trainer.method.ema_every == "step"
+    assert trainer.method.knn_on == "student"  # k-NN on the online encoder
     assert trainer.ema_at.all()
 
 
@@ -114,7 +115,7 @@ def test_the_heads_batchnorm_sees_all_k_masks_and_k_masks_batched_equal_the_loop
     la = trainer.method.losses(batched, targets, masks, {})
     lb = trainer.method.losses(looped, targets, masks, {})
     assert float(la["loss"].detach()) == pytest.approx(float(lb["loss"].detach()), rel=1e-5)
-    per_mask = [float((2 - 2 * F.cosine_similarity(o["u"], targets["v"], dim=-1)).mean()) for o in batched]
+    per_mask = [float((2 - 2 * F.cosine_similarity(o["u"].detach(), targets["v"], dim=-1)).mean()) for o in batched]
     assert float(la["guidance"]) == pytest.approx(np.mean(per_mask), rel=1e-5)   # K terms, averaged
 
 
@@ -185,3 +186,14 @@ def test_cuda_graphs_give_the_eager_losses(tiny_mae, tmp_path):
     a = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]
     b = [r["loss"] for r in read_metrics(tmp_path / "graphed") if "loss" in r]
     assert len(a) == len(b) == 4 and b == pytest.approx(a, rel=1e-4)
+
+
+def test_the_profilers_memory_probe_leaves_the_batchnorm_statistics_alone(tiny_mae):
+    from train.memory import estimate_step_memory
+
+    trainer = _trainer(tiny_mae)
+    before = {k: v.clone() for k, v in trainer.backend.module.state_dict().items()}
+    est = estimate_step_memory(trainer, _views(trainer))
+    assert est.activations > 0
+    after = trainer.backend.module.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())

@@ -41,9 +41,12 @@ def _init_head(head: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-def pooled_patches(tokens: torch.Tensor) -> torch.Tensor:
-    """Final-norm tokens [S, 1 + n, D] -> the mean of the n patch tokens [S, D] ([CLS] left out)."""
-    return tokens[:, 1:].mean(dim=1)
+def pooled_patches(vit, tokens: torch.Tensor) -> torch.Tensor:
+    """Final-norm tokens [S, prefix + n, D] -> the mean of the n patch tokens [S, D] ([CLS] and
+    any other prefix token left out)."""
+    from model.vit import num_prefix
+
+    return tokens[:, num_prefix(vit):].mean(dim=1)
 
 
 class LCMAENet(MaskedAutoencoder):
@@ -74,7 +77,7 @@ class LCMAENet(MaskedAutoencoder):
             raise ValueError(f"LCMAENet has no student pass group {group!r}")
         keep = own["keep"]                                                       # [B, P, n_keep]
         tokens = forward_visible(self.backbone, shared["images"], keep)          # [B*P, 1+n_keep, D]
-        out = {"pooled": pooled_patches(tokens)}
+        out = {"pooled": pooled_patches(self.backbone, tokens)}
         if group == "visible":
             out["pred"] = self.decoder(tokens, keep.flatten(0, 1))               # [B*P, N, p*p*3]
         return out
@@ -105,7 +108,7 @@ class LCMAETarget(nn.Module):
     def teach(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         from model.vit import forward_full
 
-        return {"v": self.head(pooled_patches(forward_full(self.backbone, images)))}
+        return {"v": self.head(pooled_patches(self.backbone, forward_full(self.backbone, images)))}
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, pool: str = "cls") -> torch.Tensor:
