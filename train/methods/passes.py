@@ -65,7 +65,9 @@ def run_passes(run_group, passes: list[StudentPass], mode: str = "batched",
                     passes[i].shared[k] is not v for k, v in first.shared.items()) \
                     or passes[i].own.keys() != first.own.keys():
                 raise ValueError(f"passes of group {group!r} must share the same tensors and own the same keys")
-        if mode == "loop" or len(idx) == 1:
+        if len(idx) == 1:  # B*1 rows: the group's output as it is (no copy)
+            out = run_group(group, first.shared, {k: v.unsqueeze(1) for k, v in first.own.items()})
+        elif mode == "loop":
             each = [run_group(group, passes[i].shared, {k: v.unsqueeze(1) for k, v in passes[i].own.items()})
                     for i in idx]                                                            # P x [B, ...]
             out = {k: torch.stack([o[k] for o in each], dim=1).flatten(0, 1) for k in each[0]}  # [B*P, ...]
