@@ -13,7 +13,7 @@ NPROC  ?= $(shell nproc 2>/dev/null || echo 1)
 .PHONY: demo test install sysdeps bench clean
 
 # The main job on the embedded default: train/configs/demo.yaml (a tiny ViT, iBOT + AttMask)
-# on one CPU process; it prints the k-NN top-1 at the start and the end. RECIPE=mae|sdae|extrema
+# on one CPU process; it prints the k-NN top-1 at the start and the end. RECIPE=mae|sdae|lcmae|extrema
 # trains train/configs/demo_$(RECIPE).yaml instead (into runs/demo_$(RECIPE)). DEMO_ARGS adds
 # key=value overrides (e.g. DEMO_ARGS="run.seed=1"). accelerate's launcher would set
 # OMP_NUM_THREADS=1 (one torch thread) for a single process; the demo uses every core.
