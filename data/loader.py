@@ -234,6 +234,14 @@ class Loader:
 
 
 def build_loader(folder, engine: str = "dali", recipe: Recipe | None = None, **kwargs) -> Loader:
+    """``folder="synthetic"``: noise batches of the recipe's shapes made on the device
+    (data/synthetic.py; any engine), for measuring the model side alone."""
     from data.views import build_recipe
 
-    return Loader(folder, engine, recipe or build_recipe("multicrop"), **kwargs)
+    recipe = recipe or build_recipe("multicrop")
+    if str(folder) == "synthetic":
+        from data.synthetic import SyntheticLoader
+
+        return SyntheticLoader(recipe, kwargs["batch_size"], kwargs.get("rank", 0), kwargs.get("seed", 0),
+                               kwargs.get("device", "cpu"))
+    return Loader(folder, engine, recipe, **kwargs)

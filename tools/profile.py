@@ -67,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ld.add_argument("--compare", action="store_true", help="also run the reference engine and print the ratio")
     t = sub.add_parser("train", help="training-step throughput and phase split of a recipe")
     t.add_argument("--recipe", choices=sorted(TRAIN_RECIPES), default="ibot_attmask")
-    t.add_argument("--data", default="embedded:train", help="shards folder (default: the embedded dataset)")
+    t.add_argument("--data", default="embedded:train",
+                   help="shards folder (default: the embedded dataset), or synthetic: batches of the recipe's "
+                        "view shapes made on the device (the model side alone: no shards, no decoding)")
     t.add_argument("--compare", help="what to time the step against: another method.masking (e.g. block), "
                                      "naive, mae or full_teacher (sdae), one_mask (mae), mae or naive (lcmae)")
     t.add_argument("--masks", type=int, help="ExtreMA, LC-MAE: student masks K against one teacher forward; MAE: masks per "

@@ -104,12 +104,13 @@ def _choice(cfg, key: str, allowed) -> str:
 def _data_path(cfg, key: str, required: bool) -> None:
     parent, leaf = key.rsplit(".", 1)
     if OmegaConf.is_missing(OmegaConf.select(cfg, parent), leaf):
-        raise ConfigError(f"{key}: missing; set it to a shards folder made by tools/convert.py or to embedded:train")
+        raise ConfigError(f"{key}: missing; set it to a shards folder made by tools/convert.py, to embedded:train "
+                          f"or (throughput only) to synthetic")
     value = OmegaConf.select(cfg, key)
     _require(isinstance(value, str), key, f"must be a path, not {value!r}")
     if value == "" and not required:
         return
-    if value in EMBEDDED:
+    if value in EMBEDDED or (required and value == "synthetic"):  # synthetic: noise batches (data/synthetic.py)
         return
     _require((Path(value) / "manifest.json").is_file(), key,
              f"{value} holds no converted shards (no manifest.json); make them with "
@@ -173,6 +174,8 @@ def validate(cfg: DictConfig) -> None:
     _number(cfg, "run.max_steps", 0, integer=True)
     _data_path(cfg, "data.train", required=True)
     _data_path(cfg, "data.val", required=False)
+    _require(not (cfg.data.train == "synthetic" and cfg.data.val), "data.val",
+             "data.train=synthetic has no images to make a k-NN gallery of; set data.val= (empty)")
     _choice(cfg, "data.engine", ("dali", "ffcv", "reference"))
     _number(cfg, "data.workers", 1, integer=True)
     _number(cfg, "data.batch_size", 1, integer=True)

@@ -183,6 +183,7 @@ def test_engine_and_reference_distributions_agree(ramp_shards, engine, fmt):
 
 
 @pytest.mark.gpu
+@pytest.mark.dali
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI mixed decoding, GPU operators)")
 @pytest.mark.parametrize("engine", ["dali", "ffcv"])
 def test_gpu_views_match_cpu_views_in_shape_range_and_order(shards, engine):

@@ -157,10 +157,12 @@ def test_cuda_graphs_are_refused_without_cuda(tiny_extrema):
         Trainer(load_config(RECIPE, tiny_extrema + ["train.cuda_graphs=true", "run.max_steps=1"]))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("recipe", [RECIPE, None], ids=["extrema", "ibot_attmask"])
 def test_cuda_graphs_give_the_eager_losses(tiny_extrema, tiny, tmp_path, recipe):
-    overrides = (tiny_extrema if recipe else tiny) + ["run.max_steps=4", "distributed.precision=fp32"]
+    overrides = (tiny_extrema if recipe else tiny) + ["run.max_steps=4", "distributed.precision=fp32",
+                                                      "data.train=synthetic"]  # no DALI needed
     eager = load_config(recipe, overrides + [f"run.dir={tmp_path / 'eager'}"])
     graphed = load_config(recipe, overrides + [f"run.dir={tmp_path / 'graphed'}", "train.cuda_graphs=true"])
     Trainer(eager).fit()

@@ -175,12 +175,14 @@ def test_a_short_run_trains_and_logs_both_terms(tiny_mae):
     assert all(0 <= r["guidance"] <= 4 and 0 < r["target_spread"] for r in rows)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_cuda_graphs_give_the_eager_losses(tiny_mae, tmp_path):
     """The heads' BatchNorm (its running statistics updated inside the captured region) included."""
     from train.metrics import read_metrics
 
-    overrides = tiny_mae + HEADS + ["run.max_steps=4", "distributed.precision=fp32", "method.n_masks=2"]
+    overrides = tiny_mae + HEADS + ["run.max_steps=4", "distributed.precision=fp32", "method.n_masks=2",
+                                    "data.train=synthetic"]  # no DALI needed
     Trainer(load_config(LCMAE, overrides + [f"run.dir={tmp_path / 'eager'}"])).fit()
     Trainer(load_config(LCMAE, overrides + [f"run.dir={tmp_path / 'graphed'}", "train.cuda_graphs=true"])).fit()
     a = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]

@@ -237,10 +237,12 @@ def test_bad_autoencoder_config_is_one_line_naming_the_key(tiny_mae, override, k
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("recipe", [MAE, SDAE], ids=["mae", "sdae"])
 def test_cuda_graphs_give_the_eager_losses(tiny_mae, tmp_path, recipe):
-    overrides = tiny_mae + ["run.max_steps=4", "distributed.precision=fp32", "method.ema_every=step"]
+    overrides = tiny_mae + ["run.max_steps=4", "distributed.precision=fp32", "method.ema_every=step",
+                            "data.train=synthetic"]  # no DALI needed
     Trainer(load_config(recipe, overrides + [f"run.dir={tmp_path / 'eager'}"])).fit()
     Trainer(load_config(recipe, overrides + [f"run.dir={tmp_path / 'graphed'}", "train.cuda_graphs=true"])).fit()
     a = [r["loss"] for r in read_metrics(tmp_path / "eager") if "loss" in r]

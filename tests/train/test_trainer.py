@@ -100,6 +100,7 @@ def test_resuming_a_checkpoint_of_another_model_is_a_clear_error(tiny):
 
 
 @pytest.mark.gpu
+@pytest.mark.dali
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (DALI mixed decoding, bf16 autocast)")
 def test_a_few_bf16_steps_on_cuda(tiny):
     trainer = Trainer(load_config(None, tiny + ["run.max_steps=3"]))
