@@ -5,8 +5,8 @@ the same run.
     python tools/profile.py model [--model NAME] [--batch B] [--masks K] [--device cuda]
     python tools/profile.py loader --data OUT [--engine dali] [--recipe multicrop] [--batch-size B]
                                    [--batches N] [--compare]
-    python tools/profile.py train --recipe ibot_attmask [--data OUT] [--compare block] [--steps N]
-                                  [key=value ...]
+    python tools/profile.py train --recipe ibot_attmask [--data OUT|synthetic] [--compare block] [--steps N]
+                                  [--trace DIR] [key=value ...]
     python tools/profile.py train --recipe extrema [--masks K] --compare naive [key=value ...]
     python tools/profile.py train --recipe sdae --compare {mae,full_teacher} [key=value ...]
     python tools/profile.py train --recipe mae --masks K [key=value ...]     (against one mask)
@@ -75,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--masks", type=int, help="ExtreMA, LC-MAE: student masks K against one teacher forward; MAE: masks per "
                                                   "decoded image (method.n_masks)")
     t.add_argument("--steps", type=int, default=10, help="timed steps (medians reported)")
+    t.add_argument("--trace", help="write a torch.profiler trace of the timed steps into this folder "
+                                   "(TensorBoard, Perfetto); the times then include the profiler's overhead")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("overrides", nargs="*", help="config overrides, e.g. data.batch_size=32 model.arch=vit_base_patch16_224")
     return p.parse_args(argv)
@@ -157,6 +159,14 @@ def _train(args) -> int:
     if args.masks is not None and (args.recipe not in MASKS or args.masks < 1):
         print(f"error: --masks K (>= 1) applies to the {', '.join(MASKS)} recipes only", file=sys.stderr)
         return 2
+    trace = None
+    if args.trace:
+        trace = Path(args.trace).resolve()
+        if trace.exists() and (not trace.is_dir() or any(f for f in trace.iterdir() if ".pt.trace.json" not in f.name)):
+            print(f"error: --trace {args.trace} exists and holds something other than traces; give a new or "
+                  f"empty folder", file=sys.stderr)
+            return 2
+        trace = str(trace)
     if args.recipe == "mae" and args.masks and args.masks > 1 and not args.compare:
         args.compare = "one_mask"  # K masks per decoded image, timed against one
     with tempfile.TemporaryDirectory() as work:
@@ -170,7 +180,7 @@ def _train(args) -> int:
                 # the recipes' batches are a GPU's; a CPU runs the same step on CPU_BATCH images
                 asked = load_config(recipe, overrides).data.batch_size
                 overrides.append(f"data.batch_size={min(asked, CPU_BATCH)}")
-            result = benchmark_train(recipe, overrides, args.steps, args.warmup, args.compare)
+            result = benchmark_train(recipe, overrides, args.steps, args.warmup, args.compare, trace)
         except (ConfigError, LoaderError, StepTooLarge) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -12,6 +12,8 @@ cost against another masking in the same run.
    compare=MASKING: the second differs only in `method.masking` (AttMask / other, goal 1.05).
    compare="naive": the same config computed the naive way (``naive_losses``: the teacher
    recomputed for every mask, the student passes in a Python loop); shared / naive, goal 0.55.
+4. With `trace`, the timed steps run under torch.profiler (CPU, and CUDA on a GPU) and a trace
+   that TensorBoard and Perfetto open is written there, every phase a named range "run/phase".
 """
 from __future__ import annotations
 
@@ -37,8 +39,9 @@ class PhaseTimer:
     phases' sums are recorded per step when the "step" phase ends (a phase called K times in
     a step, as the naive step's teacher, counts K calls)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, label: str = ""):
         self.device, self.times, self.enabled, self.current = device, {}, True, {}
+        self.label = label  # the run's name: trace ranges read "label/phase"
         self.calls, self.current_calls = {}, {}  # calls of each phase per recorded step
 
     def _sync(self) -> None:
@@ -50,7 +53,8 @@ class PhaseTimer:
         self._sync()
         t0 = time.perf_counter()
         try:
-            yield
+            with torch.profiler.record_function(f"{self.label}/{name}"):  # a named range in --trace
+                yield
         finally:
             self._sync()
             elapsed = time.perf_counter() - t0
@@ -143,8 +147,21 @@ def check_memory(trainer, views, runs: int, batches: int, free: int | None = Non
     return {"estimated_gb": round(need / 2 ** 30, 3), "available_gb": round(free / 2 ** 30, 3)}
 
 
+def _profiler(trace: str | None, device: torch.device):
+    """A torch.profiler over the timed steps, written for TensorBoard / Perfetto into ``trace``
+    (a no-op context without it)."""
+    from contextlib import nullcontext
+
+    if not trace:
+        return nullcontext()
+    from torch.profiler import ProfilerActivity, profile, tensorboard_trace_handler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    return profile(activities=activities, on_trace_ready=tensorboard_trace_handler(trace, worker_name="hide"))
+
+
 def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, warmup: int = 2,
-                    compare: str | None = None) -> dict:
+                    compare: str | None = None, trace: str | None = None) -> dict:
     from train.config import load_config
     from train.engine import Trainer
 
@@ -177,7 +194,7 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
         naive.compute_losses = lambda views, sched, draws: naive_losses(naive, views, sched, draws)
     elif other is not None:
         runs[compare] = Trainer(load_config(config, base + other + [f"run.dir={cfg.run.dir}-{compare}"]))
-    timers = {k: PhaseTimer(device) for k in runs}
+    timers = {k: PhaseTimer(device, k) for k in runs}
     for k, t in runs.items():
         _instrument(t, timers[k])
 
@@ -187,9 +204,10 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
             timers[k].enabled = False
             _step(t, batches[i], timers[k])
             timers[k].enabled = True
-    for i in range(warmup, warmup + steps):
-        for k, t in runs.items():
-            _step(t, batches[i], timers[k])
+    with _profiler(trace, device):
+        for i in range(warmup, warmup + steps):
+            for k, t in runs.items():
+                _step(t, batches[i], timers[k])
 
     flops = _flops(trainer, batches[0])
     b = cfg.data.batch_size
@@ -201,7 +219,12 @@ def benchmark_train(config: str | None, overrides: list[str], steps: int = 10, w
               "model": cfg.model.arch, "method": cfg.method.name, "batch_per_process": b, "processes": trainer.world,
               "views": views, "cuda_graphs": trainer.cuda_graphs,
               "precision": "bf16" if trainer.autocast_dtype is not None else "fp32",
-              "engine": cfg.data.engine, "steps": steps, "memory": memory}
+              "engine": "synthetic" if cfg.data.train == "synthetic" else cfg.data.engine, "steps": steps,
+              "memory": memory}
+    if trace:  # the timed steps ran under the profiler: their times include its overhead
+        from pathlib import Path
+
+        result["trace"] = sorted(str(f) for f in Path(trace).glob("*.pt.trace.json*"))
     for k, timer in timers.items():
         med = {name: statistics.median(v) for name, v in timer.times.items()}
         step = med.pop("step")

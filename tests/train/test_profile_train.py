@@ -146,3 +146,23 @@ def test_train_profile_lcmae_against_mae_and_against_a_target_forward_per_mask(r
     out = json.loads(proc.stdout)
     assert "4 masks x 4 of 16 tokens of view 1" in out["views"] and out["ratio"]["goal"] == 0.8
     assert out["naive"]["phase_calls_per_step"]["teacher"] == 4 and out["shared"]["phase_calls_per_step"]["teacher"] == 1
+
+
+def test_train_profile_on_synthetic_batches_with_a_trace_of_named_phases(run_cli, tmp_path):
+    """--data synthetic needs no shards; --trace writes a Chrome/Perfetto trace (JSON, which
+    TensorBoard's profiler plugin reads too) with every phase of the timed steps as a range."""
+    trace = tmp_path / "trace"
+    proc = run_cli("profile.py", "train", "--recipe", "lcmae", "--data", "synthetic", "--steps", "2", "--warmup", "1",
+                   "--trace", trace, *TINY_VIT, check=True)
+    out = json.loads(proc.stdout)
+    assert out["engine"] == "synthetic" and out["lcmae"]["data_wait_ms_per_batch"] < 50
+    assert len(out["trace"]) == 1
+    events = json.loads(open(out["trace"][0]).read())["traceEvents"]
+    names = {e.get("name") for e in events}
+    for phase in ("teacher", "masks", "backward", "optimizer", "ema"):
+        assert sum(e.get("name") == f"lcmae/{phase}" for e in events) == 2, phase  # once per timed step
+    assert any(str(n).startswith("aten::") for n in names)  # the operators inside them
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    proc = run_cli("profile.py", "train", "--recipe", "lcmae", "--data", "synthetic", "--trace", tmp_path / "busy")
+    assert proc.returncode == 2 and "holds something other than traces" in proc.stderr and "Traceback" not in proc.stderr
