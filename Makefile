@@ -10,7 +10,7 @@ DEMO   ?= runs/demo$(if $(RECIPE),_$(RECIPE))
 PYTEST_ARGS ?= -q
 NPROC  ?= $(shell nproc 2>/dev/null || echo 1)
 
-.PHONY: demo test install sysdeps bench clean
+.PHONY: demo test install sysdeps bench clean gpu-wheels gpu-check-dry
 
 # The main job on the embedded default: train/configs/demo.yaml (a tiny ViT, iBOT + AttMask)
 # on one CPU process; it prints the k-NN top-1 at the start and the end. RECIPE=mae|sdae|lcmae|extrema
@@ -44,6 +44,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt "setuptools>=68" wheel torch torchvision numpy
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt --no-build-isolation -e ".[test]"
 	@touch $@
+
+# The GPU checks (tools/gpu_check.sh): the pure-Python wheels the GPU machine lacks, to carry
+# there in .whl/ (ignored by git), and the rehearsal of every check on this CPU.
+gpu-wheels: $(STAMP)
+	mkdir -p .whl && $(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+	    omegaconf==2.4.0 webdataset==1.0.2 braceexpand==0.1.7 pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0
+
+gpu-check-dry: $(STAMP)
+	OUT=runs/gpu_check_dry bash tools/gpu_check.sh --dry-run
 
 bench: $(STAMP)
 	$(BIN)/python tools/profile.py convert

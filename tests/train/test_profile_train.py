@@ -62,22 +62,26 @@ TINY_VIT = ["model.kwargs.patch_size=8", "model.kwargs.img_size=32", "model.kwar
             "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2", "model.guide_hidden=48"]
 
 
-def test_the_readmes_train_profiles_run_with_their_documented_defaults(run_cli, embedded_dir):
+def test_the_readmes_train_profiles_run_with_their_documented_defaults(run_cli, embedded_dir, tmp_path):
     """Each README command as typed (its --data replaced by the embedded shards where it names
     ImageNet, a tiny ViT where the recipe's is ViT-S): the defaults (steps, warm-up, the CPU
     batch) are the ones documented, and the memory check passes them."""
     commands = _readme_train_profiles()
     assert len(commands) >= 3 and any("--masks" in c for c in commands)
     for args in commands:
-        if "--data" in args:
+        if "--data" in args and args[args.index("--data") + 1] != "synthetic":
             args[args.index("--data") + 1] = str(embedded_dir / "train")
+        if "--trace" in args:
+            args[args.index("--trace") + 1] = str(tmp_path / f"trace{commands.index(args)}")
         tiny = [] if "demo" in args else TINY_VIT  # the demo recipe is CPU-sized already
         proc = run_cli("profile.py", *args, *tiny, check=True)
         out = json.loads(proc.stdout)
         asked = [int(a.split("=")[1]) for a in args if a.startswith("data.batch_size=")]
-        assert out["batch_per_process"] == (asked[0] if asked else 16) and out["steps"] == 10, args
+        steps = int(args[args.index("--steps") + 1]) if "--steps" in args else 10
+        assert out["batch_per_process"] == (asked[0] if asked else 16) and out["steps"] == steps, args
         assert 0 < out["memory"]["estimated_gb"] < 0.9 * out["memory"]["available_gb"]
-        assert len(out["ratio"]) == 2
+        assert len(out["ratio"]) == 2 if ("--compare" in args or "--masks" in args) else "ratio" not in out
+        assert ("trace" in out) == ("--trace" in args)
 
 
 def test_a_step_that_cannot_fit_is_refused_with_the_estimate(tiny):
