@@ -58,7 +58,22 @@ class LoaderStats:
     corrupt: list[dict] = field(default_factory=list)  # {shard, key, epoch}, skipped samples
 
 
-class Loader:
+class Positioned:
+    """A loader's place in training (``self.position``), kept in checkpoints to resume."""
+
+    position: LoaderPosition
+
+    def set_epoch(self, epoch: int) -> None:
+        self.position = LoaderPosition(epoch, 0)
+
+    def state(self) -> dict:
+        return self.position.as_dict()
+
+    def load_state(self, state: dict) -> None:
+        self.position = LoaderPosition.from_dict(state)
+
+
+class Loader(Positioned):
     def __init__(self, folder, engine: str, recipe: Recipe, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, device: str = "cpu", workers: int = 2, dtype=torch.float32,
                  strict: bool = False, exact_resume: bool = False, evaluation: bool = False):
@@ -94,15 +109,6 @@ class Loader:
 
     def __len__(self) -> int:
         return len(self.order(self.position.epoch)) // self.batch_size
-
-    def set_epoch(self, epoch: int) -> None:
-        self.position = LoaderPosition(epoch, 0)
-
-    def state(self) -> dict:
-        return self.position.as_dict()
-
-    def load_state(self, state: dict) -> None:
-        self.position = LoaderPosition.from_dict(state)
 
     def __iter__(self):
         epoch, start = self.position.epoch, self.position.batches

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from data.loader import LoaderStats, Views
+from data.loader import LoaderStats, Positioned, Views
 from data.sampler import LoaderPosition
 from data.views import Recipe
 
@@ -20,7 +20,7 @@ POOL = 4                    # distinct batches, cycled
 BATCHES_PER_EPOCH = 1000
 
 
-class SyntheticLoader:
+class SyntheticLoader(Positioned):
     def __init__(self, recipe: Recipe, batch_size: int, rank: int = 0, seed: int = 0, device: str = "cpu",
                  dtype=torch.float32, batches_per_epoch: int = BATCHES_PER_EPOCH):
         self.recipe, self.batch_size = recipe.validate(), batch_size
@@ -40,15 +40,6 @@ class SyntheticLoader:
 
     def __len__(self) -> int:
         return self.batches_per_epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.position = LoaderPosition(epoch, 0)
-
-    def state(self) -> dict:
-        return self.position.as_dict()
-
-    def load_state(self, state: dict) -> None:
-        self.position = LoaderPosition.from_dict(state)
 
     def __iter__(self):
         epoch, start = self.position.epoch, self.position.batches
